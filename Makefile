@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` and `make test`. Both create or reuse $(VENV) and install
+# what is missing (a second run skips what is installed), then run.
+PYTHON_SYSTEM ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DIR ?= output/demo
+STAMP := $(VENV)/.ge_detectron_installed
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py tools/install_detectron2.sh $(wildcard ge_detectron/csrc/*)
+	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel "setuptools<82" ninja
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_PINS)
+	PYTHON=$(PY) bash tools/install_detectron2.sh
+	$(PY) -m pip install -q fvcore pycocotools faster-coco-eval opencv-python-headless tabulate pytest hypothesis
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -c "import ge_detectron, ge_detectron.layers.excite_op as op; print('ge_detectron', ge_detectron.__version__, '| fused excite op built:', op.is_available())"
+	@touch $@
+
+demo: install
+	$(PY) tools/train_net.py --config-file configs/demo/faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml \
+		--demo-visualize OUTPUT_DIR $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf build ge_detectron/_C*.so output

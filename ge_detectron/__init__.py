@@ -1,0 +1,21 @@
+"""ge_detectron: Gather-Excite networks (Hu et al., NeurIPS 2018) as a detectron2 plugin.
+
+Importing the package applies the detectron2 0.6 compatibility fixes (``ge_detectron.compat``) and
+registers the GE backbones (``build_ge_resnet_backbone``, ``build_ge_resnet_fpn_backbone``) and the
+C4 ROI head (``GERes5ROIHeads``) in detectron2's registries.
+"""
+from . import compat
+
+compat.apply()
+
+from .config import GEConfigError, add_ge_config, validate_ge_config  # noqa: E402
+from .layers import GatherExcite, build_gather_excite  # noqa: E402
+from .modeling import (  # noqa: E402
+    GEBottleneckBlock,
+    GERes5ROIHeads,
+    build_ge_resnet,
+    build_ge_resnet_backbone,
+    build_ge_resnet_fpn_backbone,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,162 @@
+"""Gather-Excite (Hu et al., NeurIPS 2018) in plain PyTorch: the reference implementation.
+
+One module covers the variant grid of ``../shared/GE_SPEC.md``:
+
+=============  ==========================================  =====================================
+variant        gather                                      excite
+=============  ==========================================  =====================================
+theta_minus    average pooling (global mean, or extent e)  sigmoid gate
+theta          depthwise convs + norm (global, or extent)  sigmoid gate
+theta_plus     theta's gather, ReLU                        1x1 MLP (C -> C/r -> C), sigmoid gate
+se             global mean                                 1x1 MLP (C -> C/r -> C), sigmoid gate
+=============  ==========================================  =====================================
+
+The module returns ``x * sigmoid(up(g))``, or with ``shortcut`` the whole bottleneck tail
+``relu(x * sigmoid(up(g)) + shortcut)``, where ``up`` is nearest resizing exactly as
+``F.interpolate(mode="nearest")`` does it. The fused C++/CUDA operator computes the same tail.
+"""
+import logging
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import Conv2d, get_norm
+from torch import nn
+
+from ..config import VARIANTS, FUSED_MODES, check_extent
+from . import excite_op
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GatherExcite", "build_gather_excite", "excite_reference", "excite_residual_reference"]
+
+
+def excite_reference(x, g):
+    """``x * sigmoid(up(g))``: sigmoid in g's dtype (float32 under autocast), result in x's dtype."""
+    gate = torch.sigmoid(g)
+    if gate.shape[-2:] != (1, 1):  # a 1x1 gate broadcasts, which equals nearest resizing
+        gate = F.interpolate(gate, size=x.shape[-2:], mode="nearest")
+    return x * gate.to(x.dtype)
+
+
+def excite_residual_reference(x, g, shortcut):
+    """The bottleneck tail with GE: ``relu(x * sigmoid(up(g)) + shortcut)``."""
+    return F.relu(excite_reference(x, g) + shortcut)
+
+
+class AverageGather(nn.Module):
+    """Parameter-free gather: global mean, or average pooling over a (2e-1)^2 window at stride e."""
+
+    def __init__(self, extent):
+        super().__init__()
+        self.extent = extent
+
+    def forward(self, x):
+        if self.extent == 0:
+            return x.mean(dim=(2, 3), keepdim=True)
+        e = self.extent
+        return F.avg_pool2d(x, kernel_size=2 * e - 1, stride=e, padding=e - 1, count_include_pad=False)
+
+    def extra_repr(self):
+        return f"extent={self.extent}"
+
+
+def _depthwise(channels, kernel_size, stride, padding, norm):
+    conv = Conv2d(channels, channels, kernel_size, stride=stride, padding=padding, groups=channels,
+                  bias=False, norm=get_norm(norm, channels))
+    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")  # msra filler, fan_in = k^2
+    return conv
+
+
+def depthwise_gather(channels, extent, norm, global_kernel):
+    """GE-θ gather. Extent e: log2(e) stride-2 3x3 depthwise convs + norm, ReLU between them.
+    Global: resize to ``global_kernel`` x ``global_kernel`` (identity at the pretraining size),
+    then one depthwise conv whose kernel covers the whole map, + norm."""
+    if extent == 0:
+        return nn.Sequential(nn.AdaptiveAvgPool2d(global_kernel), _depthwise(channels, global_kernel, 1, 0, norm))
+    layers = []
+    for i in range(extent.bit_length() - 1):
+        if i:
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(_depthwise(channels, 3, 2, 1, norm))
+    return nn.Sequential(*layers)
+
+
+def excite_mlp(channels, reduction):
+    """The learned excite of GE-θ⁺ and SE: 1x1 conv C -> C/r, ReLU, 1x1 conv C/r -> C (sigmoid later)."""
+    hidden = max(channels // reduction, 1)
+    mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+    for conv in (mlp[0], mlp[2]):
+        nn.init.normal_(conv.weight, std=0.01)
+        nn.init.zeros_(conv.bias)
+    return mlp
+
+
+_logged_paths = set()
+
+
+def _use_fused(fused):
+    if fused not in FUSED_MODES:
+        raise ValueError(f"fused={fused!r} is invalid: allowed are {', '.join(map(repr, FUSED_MODES))}.")
+    if fused == "on" and not excite_op.is_available():
+        raise RuntimeError(f"MODEL.GE.FUSED is 'on' but the fused excite operator is unavailable "
+                           f"({excite_op.unavailable_reason()}). Reinstall with `pip install -e .` to build "
+                           "it, or set MODEL.GE.FUSED auto/off.")
+    use = fused != "off" and excite_op.is_available()
+    path = "fused C++/CUDA operator (torch.ops.ge_detectron)" if use else "pure-PyTorch reference"
+    if path not in _logged_paths:
+        _logged_paths.add(path)
+        logger.info(f"Gather-Excite excite path: {path} (MODEL.GE.FUSED={fused!r})")
+    return use
+
+
+class GatherExcite(nn.Module):
+    """Gather-Excite on a feature map of ``channels`` channels.
+
+    Args:
+        variant: "theta_minus", "theta", "theta_plus" or "se".
+        extent: 0 for a global gather, else a power of two (ignored by "se", which is global).
+        norm: detectron2 norm name for the depthwise gather convs (theta, theta_plus).
+        reduction: channel reduction of the excite MLP (theta_plus, se).
+        global_kernel: side of the global depthwise kernel (the map size at pretraining input).
+        fused: "auto", "on" or "off": whether to use the fused excite operator.
+    """
+
+    def __init__(self, channels, variant="theta", extent=0, norm="BN", reduction=16, global_kernel=7,
+                 fused="auto"):
+        super().__init__()
+        if variant not in VARIANTS or variant == "none":
+            raise ValueError(f"GatherExcite variant={variant!r} is invalid: allowed are "
+                             f"{', '.join(repr(v) for v in VARIANTS if v != 'none')}.")
+        extent = 0 if variant == "se" else check_extent(extent)
+        self.variant, self.extent = variant, extent
+        if variant in ("theta_minus", "se"):
+            self.gather = AverageGather(extent)
+        else:
+            self.gather = depthwise_gather(channels, extent, norm, global_kernel)
+        self.mlp = excite_mlp(channels, reduction) if variant in ("theta_plus", "se") else None
+        self.fused = _use_fused(fused)
+
+    def gather_logits(self, x):
+        """The pre-sigmoid gate g of shape (N, C, ceil(H/e), ceil(W/e)), or (N, C, 1, 1) if global."""
+        g = self.gather(x)
+        if self.mlp is not None:
+            g = self.mlp(F.relu(g) if self.variant == "theta_plus" else g)
+        return g
+
+    def forward(self, x, shortcut=None):
+        if x.dim() != 4:
+            raise ValueError(f"GatherExcite expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}.")
+        g = self.gather_logits(x)
+        if shortcut is None:
+            return excite_op.excite(x, g) if self.fused else excite_reference(x, g)
+        return excite_op.excite_residual(x, g, shortcut) if self.fused else excite_residual_reference(x, g, shortcut)
+
+    def extra_repr(self):
+        return f"variant={self.variant}, extent={self.extent}, fused={self.fused}"
+
+
+def build_gather_excite(variant, channels, **kwargs):
+    """Factory by name: ``None`` for "none", else a ``GatherExcite`` (kwargs as its constructor's)."""
+    if variant == "none":
+        return None
+    return GatherExcite(channels, variant=variant, **kwargs)
