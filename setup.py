@@ -17,6 +17,11 @@ CSRC = os.path.join("ge_detectron", "csrc")
 
 
 def get_extensions():
+    """The ``ge_detectron._C`` extension: the excite operators' schemas and CPU kernels, plus their CUDA
+    kernels when building with CUDA. FORCE_CUDA=1 requires them (CI: fail rather than build CPU-only;
+    no GPU is needed to compile them), FORCE_CUDA=0 never builds them, and unset it follows torch: CUDA when torch is a CUDA build and
+    a CUDA toolkit (nvcc) is found. The C++ standard is left to torch's cpp_extension (C++17 or C++20,
+    whichever the installed torch's headers need)."""
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
     if not sources:
         return [], {}
@@ -29,16 +34,22 @@ def get_extensions():
               "--no-build-isolation -e .` to build it.", file=sys.stderr)
         return [], {}
 
-    cxx_flags = ["-O3", "-std=c++17"]
-    force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
-    with_cuda = force_cuda or (CUDA_HOME is not None and torch.version.cuda is not None)
+    cxx_flags = ["-O3"]
+    force_cuda = os.environ.get("FORCE_CUDA", "")
+    if force_cuda not in ("", "0", "1"):
+        raise ValueError(f"FORCE_CUDA={force_cuda!r}: use 1 (build the CUDA kernels), 0 (do not) or leave it unset.")
+    if force_cuda:
+        with_cuda = force_cuda == "1"
+    else:
+        with_cuda = CUDA_HOME is not None and torch.version.cuda is not None
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         extension = CUDAExtension(
             "ge_detectron._C",
             sources + sorted(glob.glob(os.path.join(CSRC, "*.cu"))),
             define_macros=[("WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            # No --use_fast_math: the kernels are memory-bound, and the nearest-index rule needs IEEE floats.
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
         )
     else:
         extension = CppExtension("ge_detectron._C", sources, extra_compile_args={"cxx": cxx_flags})

@@ -17,5 +17,6 @@ from .modeling import (  # noqa: E402
     build_ge_resnet_backbone,
     build_ge_resnet_fpn_backbone,
 )
+from .modeling import GEClassifier, build_ge_classifier  # noqa: E402
 
 __version__ = "0.1.0"

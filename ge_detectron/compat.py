@@ -8,6 +8,7 @@ import importlib.util
 import os
 import sys
 import types
+import warnings
 
 APPLIED = []
 
@@ -57,6 +58,8 @@ def _bare_package(name, path):
 def apply():
     if APPLIED:
         return APPLIED
+    # detectron2 0.6 decorates helpers with @torch.jit.script at import; torch 2.10+ warns on each one.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     package_dir = _detectron2_dir()
     if package_dir is not None and not _has_compiled_extension(package_dir):
         sys.modules.setdefault("detectron2._C", _placeholder_extension())

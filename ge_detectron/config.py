@@ -1,5 +1,6 @@
 """``cfg.MODEL.GE``: the Gather-Excite keys, their defaults and their validation."""
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 VARIANTS = ("none", "theta_minus", "theta", "theta_plus", "se")
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -92,3 +93,20 @@ def ge_block_kwargs(cfg, stage_name):
         "ge_global_kernel": ge.GLOBAL_INPUT_SIZE // 2 ** stage_index,
         "ge_fused": ge.FUSED,
     }
+
+
+def get_ge_cfg(config_file=None, opts=()):
+    """detectron2's default config + ``MODEL.GE``, merged with a YAML file and ``KEY VALUE`` overrides,
+    validated and frozen. Raises GEConfigError for any bad file, key or value."""
+    cfg = add_ge_config(get_cfg())
+    try:
+        if config_file:
+            cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except FileNotFoundError as e:
+        raise GEConfigError(f"config file not found: {e.filename or config_file!r}.") from None
+    except (KeyError, ValueError, AssertionError) as e:
+        raise GEConfigError(f"cannot merge config {config_file!r} with overrides {list(opts)}: {e}") from None
+    validate_ge_config(cfg)
+    cfg.freeze()
+    return cfg

@@ -97,7 +97,7 @@ def generate_shapes_split(image_dir, json_path, num_images, seed, image_size=160
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)],
     }
-    tmp = json_path + ".tmp"
+    tmp = f"{json_path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(coco, f)
     os.replace(tmp, json_path)  # the JSON appears last and whole: its presence marks a finished split

@@ -1,0 +1,28 @@
+"""Checkpoint loading for GE models: detectron2's DetectionCheckpointer, plus a loud warning when a
+learnable GE module sits in a frozen stage and the checkpoint has no weights for it (GE_SPEC.md:
+such a module would stay a fixed random gate for the whole run)."""
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+logger = logging.getLogger(__name__)
+
+
+def frozen_random_ge_parameters(model, missing_keys):
+    """Names of GE parameters that are frozen (requires_grad False) and were not loaded."""
+    missing = set(missing_keys)
+    return [name for name, p in model.named_parameters() if ".ge." in name and not p.requires_grad and name in missing]
+
+
+class GECheckpointer(DetectionCheckpointer):
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        frozen_random = frozen_random_ge_parameters(self.model, incompatible.missing_keys)
+        if frozen_random:
+            stages = sorted({name.split(".ge.")[0].rsplit(".", 1)[0] for name in frozen_random})
+            logger.warning(
+                "!!! %d learnable Gather-Excite parameters are FROZEN and were NOT in the checkpoint (in %s): "
+                "they stay random for the whole run. Remove those stages from MODEL.GE.STAGES, lower "
+                "MODEL.BACKBONE.FREEZE_AT, use a parameter-free variant (theta_minus), or load a GE-pretrained "
+                "checkpoint. !!!", len(frozen_random), ", ".join(stages))
+        return incompatible

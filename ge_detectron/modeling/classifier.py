@@ -1,0 +1,35 @@
+"""The GE-ResNet image classifier used to pretrain the detection backbones (e.g. on ImageNet)."""
+import torch
+from torch import nn
+
+from .backbone import build_ge_resnet
+
+__all__ = ["GEClassifier", "build_ge_classifier"]
+
+
+class GEClassifier(nn.Module):
+    """A GE-ResNet (``self.resnet``, the detection backbone's module tree) with global average pooling
+    and a linear layer.
+
+    Takes (N, 3, H, W) pixel values in 0-255, channels in ``INPUT.FORMAT`` order, and normalises them
+    with ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` as detectron2's detectors do: pretraining and detection
+    then see identically preprocessed inputs whenever they share those keys. Returns (N, classes) logits.
+    """
+
+    def __init__(self, resnet, pixel_mean, pixel_std):
+        super().__init__()
+        self.resnet = resnet
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    def forward(self, images):
+        x = (images.to(self.pixel_mean.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        return self.resnet(x)["linear"]
+
+
+def build_ge_classifier(cfg):
+    """A ``GEClassifier`` with ``MODEL.GE.NUM_CLASSES`` outputs, built from the same ``MODEL.RESNETS``
+    and ``MODEL.GE`` keys as the detection backbone (so the state-dict keys match), on the CPU.
+    ``MODEL.BACKBONE.FREEZE_AT`` applies too: pretraining configs set it to 0."""
+    resnet = build_ge_resnet(cfg, len(cfg.MODEL.PIXEL_MEAN), num_classes=cfg.MODEL.GE.NUM_CLASSES)
+    return GEClassifier(resnet, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)

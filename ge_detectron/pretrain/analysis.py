@@ -1,0 +1,56 @@
+"""Parameter and FLOP counts of GE classifiers and detectors (tools/analyze_model.py).
+
+FLOPs are fvcore's: one fused multiply-add counts as one FLOP, convolutions, linear layers, norms
+and adaptive pooling are counted, and element-wise operations (ReLU, sigmoid, the excite
+multiplication, the residual add, fixed-window pooling) are not.
+"""
+import os
+
+import torch
+from detectron2.export.flatten import TracingAdapter
+from detectron2.modeling import build_model
+from fvcore.nn import FlopCountAnalysis
+
+from ..modeling.classifier import build_ge_classifier
+from .config import get_pretrain_cfg
+
+PRETRAIN_BASE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pretrain", "Base-ImageNet.yaml")
+
+
+def classifier_cfg(depth, variant, extent, base_config=PRETRAIN_BASE_CONFIG):
+    """The ImageNet classifier config (1000 classes, GE in every stage) for one grid point."""
+    return get_pretrain_cfg(base_config, ["MODEL.RESNETS.DEPTH", depth, "MODEL.GE.VARIANT", variant,
+                                          "MODEL.GE.EXTENT", extent, "MODEL.GE.FUSED", "off", "MODEL.DEVICE", "cpu"])
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _quiet(analysis):
+    return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+
+
+def classifier_stats(cfg, size=224):
+    """(parameters, FLOPs) of ``build_ge_classifier(cfg)`` on one size x size image."""
+    model = build_ge_classifier(cfg).eval()
+    with torch.no_grad():
+        flops = _quiet(FlopCountAnalysis(model, (torch.zeros(1, 3, size, size),))).total()
+    return count_parameters(model), flops
+
+
+def detector_stats(cfg, height=800, width=1333):
+    """(parameters, FLOPs) of ``cfg``'s detector in inference on one height x width image. The ROI head's
+    FLOPs grow with the number of proposals (MODEL.RPN.POST_NMS_TOPK_TEST)."""
+    model = build_model(cfg).eval()
+    # What detectron2.utils.analysis.FlopCountAnalysis does; that module does not import where
+    # detectron2.export is the bare package of ge_detectron.compat.
+    adapter = TracingAdapter(model, [{"image": torch.zeros(3, height, width)}], allow_non_tensor=True)
+    with torch.no_grad():
+        flops = _quiet(FlopCountAnalysis(adapter, adapter.flattened_inputs)).total()
+    return count_parameters(model), flops
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])

@@ -1,0 +1,54 @@
+"""Start the processes of a (possibly multi-machine) run: under torchrun, or with detectron2's launch.
+
+detectron2's ``launch`` spawns one process per GPU and hard-codes CUDA and NCCL. torchrun starts the
+processes itself and describes them in environment variables (env:// rendezvous); this module then
+initialises the process group, NCCL on GPUs and gloo on the CPU, and the per-machine group that
+detectron2's ``comm.get_local_rank()`` needs.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+from detectron2.engine import launch
+from detectron2.utils import comm
+
+
+
+def under_torchrun():
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def check_launch_args(args, device):
+    """Raise ValueError, with what to do instead, for a process layout that cannot start."""
+    if under_torchrun() and "LOCAL_WORLD_SIZE" not in os.environ:
+        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK are set but LOCAL_WORLD_SIZE is not: start the "
+                         "processes with torchrun, which sets all four.")
+    if not under_torchrun() and args.num_gpus * args.num_machines > 1 and not device.startswith("cuda"):
+        raise ValueError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} needs GPUs (MODEL.DEVICE "
+                         f"is {device!r}); for several CPU processes use torchrun, e.g. `torchrun "
+                         "--nproc_per_node 2 tools/pretrain_net.py --config-file ...`.")
+
+
+def init_torchrun_process_group(device):
+    """Join the process group torchrun describes; ``device`` ("cpu" or "cuda...") picks the backend."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank, local_size = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if on_cuda else "gloo", init_method="env://")
+    for first in range(0, world, local_size):  # every process must create every group
+        group = dist.new_group(list(range(first, first + local_size)))
+        if first <= rank < first + local_size:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+
+
+def launch_from_args(main_func, args, device):
+    """Run ``main_func(args)`` in every process of the run described by torchrun's environment or by
+    ``args`` (detectron2's ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``)."""
+    if under_torchrun():
+        init_torchrun_process_group(device)
+        return main_func(args)
+    return launch(main_func, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                  dist_url=args.dist_url, args=(args,))

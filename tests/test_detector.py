@@ -1,0 +1,94 @@
+"""Faster R-CNN with GE end to end on tiny generated data, every shipped config, and train_net's errors."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ge_detectron import GatherExcite
+from ge_detectron.config import get_ge_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from train_net import Trainer  # noqa: E402
+
+
+def tiny_cfg(base, tiny_shapes, output_dir, extra=()):
+    return get_ge_cfg(os.path.join(REPO, base), [
+        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "GN", "MODEL.BACKBONE.FREEZE_AT", 0,
+        "MODEL.ROI_HEADS.NUM_CLASSES", 4, "MODEL.RPN.POST_NMS_TOPK_TEST", 50, "MODEL.RPN.PRE_NMS_TOPK_TEST", 200,
+        "DATASETS.TRAIN", (tiny_shapes["train"],), "DATASETS.TEST", (tiny_shapes["val"],),
+        "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64, "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 64,
+        "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 1, "SOLVER.BASE_LR", 0.001, "DATALOADER.NUM_WORKERS", 0,
+        "TEST.EVAL_PERIOD", 0, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "OUTPUT_DIR", str(output_dir), *extra])
+
+
+@pytest.mark.parametrize("base,extra", [
+    ("configs/faster_rcnn_ge_r50.yaml", ()),
+    ("configs/faster_rcnn_ge_r50_fpn.yaml", ("MODEL.FPN.NORM", "GN", "MODEL.GE.VARIANT", "theta_plus", "MODEL.GE.EXTENT", 0)),
+])
+def test_one_training_iteration_and_coco_evaluation(base, extra, tiny_shapes, tmp_path):
+    cfg = tiny_cfg(base, tiny_shapes, tmp_path, extra)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    ge_params = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if ".ge." in n}
+    assert ge_params
+    trainer.train()
+    assert trainer.iter == cfg.SOLVER.MAX_ITER and trainer.storage.history("total_loss").latest() > 0
+    changed = [n for n, p in trainer.model.named_parameters() if n in ge_params and not torch.equal(p, ge_params[n])]
+    assert changed, "one SGD step should move the GE parameters"
+
+    results = Trainer.test(cfg, trainer.model)["bbox"]
+    assert list(results)[:6] == ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    # the evaluator's numbers (faster-coco-eval backend) against pycocotools on the same detections
+    coco_gt = COCO(MetadataCatalog.get(tiny_shapes["val"]).json_file)
+    detections = json.load(open(tmp_path / "inference" / "coco_instances_results.json"))
+    assert detections, "SCORE_THRESH_TEST 0 keeps the untrained model's boxes"
+    reference = COCOeval(coco_gt, coco_gt.loadRes(detections), "bbox")
+    reference.evaluate()
+    reference.accumulate()
+    reference.summarize()
+    for i, key in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl"]):
+        expected = reference.stats[i] * 100 if reference.stats[i] >= 0 else float("nan")
+        assert results[key] == pytest.approx(expected, abs=1e-4, nan_ok=True), key
+
+
+DETECTION_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")) +
+                           glob.glob(os.path.join(REPO, "configs", "demo", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", DETECTION_CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
+def test_every_detection_config_merges_and_builds(path):
+    cfg = get_ge_cfg(path, ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    ge_modules = [m for m in model.modules() if isinstance(m, GatherExcite)]
+    assert bool(ge_modules) == (cfg.MODEL.GE.VARIANT != "none")
+    assert all(m.variant == cfg.MODEL.GE.VARIANT for m in ge_modules)
+    assert cfg.MODEL.BACKBONE.NAME in ("build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone")
+
+
+def run_train_net(*args, env=None):
+    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_train_net_without_coco_exits_with_a_short_message(tmp_path):
+    result = run_train_net("--config-file", "configs/faster_rcnn_ge_r50.yaml", env={"DETECTRON2_DATASETS": str(tmp_path)})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "coco_2014_train" in result.stderr and str(tmp_path) in result.stderr
+    assert "DETECTRON2_DATASETS" in result.stderr and "make demo" in result.stderr
+
+
+def test_train_net_with_a_bad_extent_exits_with_a_short_message():
+    result = run_train_net("--config-file", "configs/faster_rcnn_ge_r50.yaml", "MODEL.GE.EXTENT", "6")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "MODEL.GE.EXTENT = 6 is invalid" in result.stderr and "power of two" in result.stderr

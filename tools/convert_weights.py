@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Convert backbone weights for the GE detectors (docs/pretraining.md, "Weight hand-off").
+
+    python tools/convert_weights.py output/pretrain/r50_theta_e8/model_final.pth r50_theta_e8.pkl
+    python tools/convert_weights.py resnet50-0676ba61.pth r50_torchvision.pkl        # torchvision state_dict
+    python tools/convert_weights.py IN.pth OUT.pkl --check configs/faster_rcnn_ge_r50_pretrained.yaml
+
+The input is a tools/pretrain_net.py checkpoint or a torchvision ResNet-50/101/152 state_dict (told
+apart by their parameter names unless --format says). The output is a detectron2 ``.pkl`` for
+MODEL.WEIGHTS. ``--check CONFIG`` builds that detector on the CPU, loads the output into it and lists
+what the checkpoint does not cover (missing) and what the detector does not use (unused).
+"""
+import argparse
+import os
+import pickle
+import sys
+
+import ge_detectron  # noqa: F401  (compat fixes before detectron2 is used)
+from fvcore.common.checkpoint import get_missing_parameters_message, get_unexpected_parameters_message
+from ge_detectron.config import GEConfigError, get_ge_cfg
+from ge_detectron.pretrain.convert import (TORCHVISION_CONVENTIONS, detect_format, load_into_detector,
+                                           load_state_dict, to_backbone_checkpoint)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="pretraining checkpoint (.pth) or torchvision ResNet state_dict (.pth)")
+    parser.add_argument("output", help="detectron2 checkpoint to write (.pkl)")
+    parser.add_argument("--format", choices=("auto", "pretrain", "torchvision"), default="auto")
+    parser.add_argument("--check", metavar="CONFIG", help="detection config to load the result into, as a check")
+    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides of the --check config")
+    args = parser.parse_args()
+    if not args.output.endswith(".pkl"):
+        sys.exit("convert_weights.py: error: the output must end in .pkl (detectron2 reads .pkl files as "
+                 "model-zoo checkpoints with name matching).")
+    try:
+        state_dict = load_state_dict(args.input)
+        source = detect_format(state_dict) if args.format == "auto" else args.format
+        checkpoint = to_backbone_checkpoint(state_dict, source, f"ge_detectron convert_weights ({source})")
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+        sys.exit(f"convert_weights.py: error: cannot convert {args.input!r}: {e}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "wb") as f:
+        pickle.dump(checkpoint, f)
+    print(f"Wrote {len(checkpoint['model'])} {source} backbone tensors to {args.output}.")
+    if source == "torchvision":
+        print("Torchvision weights need these detection keys (configs/faster_rcnn_ge_r50_torchvision.yaml sets them):")
+        for key, value in TORCHVISION_CONVENTIONS.items():
+            print(f"  {key}: {value}")
+    else:
+        print("The detection config must use the pretraining config's MODEL.RESNETS, MODEL.PIXEL_MEAN / PIXEL_STD "
+              "and INPUT.FORMAT (the pretraining configs use torchvision's: configs/faster_rcnn_ge_r50_pretrained.yaml).")
+    if args.check:
+        try:
+            cfg = get_ge_cfg(args.check, ["MODEL.WEIGHTS", args.output, "MODEL.DEVICE", "cpu", *args.opts])
+        except GEConfigError as e:
+            sys.exit(f"convert_weights.py: error: {e}")
+        _, incompatible = load_into_detector(cfg, args.output)
+        print(f"Loaded into the detector of {args.check}:")
+        print(get_missing_parameters_message(incompatible.missing_keys) if incompatible.missing_keys
+              else "  every detector parameter was in the checkpoint.")
+        if incompatible.unexpected_keys:
+            print(get_unexpected_parameters_message(incompatible.unexpected_keys))
+        for key, shape_ckpt, shape_model in incompatible.incorrect_shapes:
+            print(f"  skipped {key}: checkpoint shape {shape_ckpt}, detector shape {shape_model}")
+
+
+if __name__ == "__main__":
+    main()
