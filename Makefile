@@ -21,9 +21,11 @@ $(STAMP): setup.py tools/install_detectron2.sh $(wildcard ge_detectron/csrc/*)
 	$(PY) -c "import ge_detectron, ge_detectron.layers.excite_op as op; print('ge_detectron', ge_detectron.__version__, '| fused excite op built:', op.is_available())"
 	@touch $@
 
+DEMO_CONFIG := configs/demo/faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml
+
 demo: install
-	$(PY) tools/train_net.py --config-file configs/demo/faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml \
-		--demo-visualize OUTPUT_DIR $(DEMO_DIR)
+	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR)
+	$(PY) tools/visualize_predictions.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR)
 
 test: install
 	$(PY) -m pytest -q tests

@@ -13,6 +13,8 @@ import weakref
 
 import ge_detectron  # noqa: F401  (compat fixes and registration before detectron2 is used)
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from ge_detectron.checkpoint import GECheckpointer
 from ge_detectron.config import GEConfigError, get_ge_cfg
 from ge_detectron.data import DatasetMissingError, prepare_datasets
@@ -39,6 +41,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ge_detectron")
     if args.eval_only:
         model = Trainer.build_model(cfg)
         GECheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
