@@ -1,11 +1,54 @@
-"""Checkpoint loading for GE models: detectron2's DetectionCheckpointer, plus a loud warning when a
-learnable GE module sits in a frozen stage and the checkpoint has no weights for it (GE_SPEC.md:
-such a module would stay a fixed random gate for the whole run)."""
+"""Checkpointing for GE models: detectron2's DetectionCheckpointer with
+
+- atomic writes: a checkpoint and ``last_checkpoint`` are written to a temporary file and renamed,
+  so a run killed while saving never leaves a truncated checkpoint or a tag pointing at one;
+- a loud warning when a learnable GE module sits in a frozen stage and the checkpoint has no weights
+  for it (GE_SPEC.md: it would stay a fixed random gate for the whole run).
+"""
 import logging
+import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 logger = logging.getLogger(__name__)
+
+
+class _AtomicFile:
+    """``open(path, mode)`` for writing that only replaces ``path`` once the write completed."""
+
+    def __init__(self, path, mode):
+        self.path, self.tmp = path, f"{path}.tmp{os.getpid()}"
+        self.file = open(self.tmp, mode)
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.remove(self.tmp)
+
+
+class _AtomicWrites:
+    """A path manager whose local writes go through ``_AtomicFile``; everything else is delegated."""
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def open(self, path, mode="r", **kwargs):
+        if mode.startswith("w") and "://" not in path:
+            return _AtomicFile(path, mode)
+        return self._path_manager.open(path, mode, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
 
 
 def frozen_random_ge_parameters(model, missing_keys):
@@ -15,6 +58,10 @@ def frozen_random_ge_parameters(model, missing_keys):
 
 
 class GECheckpointer(DetectionCheckpointer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.path_manager = _AtomicWrites(self.path_manager)
+
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
         frozen_random = frozen_random_ge_parameters(self.model, incompatible.missing_keys)

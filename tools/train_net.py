@@ -12,16 +12,23 @@ import sys
 import weakref
 
 import ge_detectron  # noqa: F401  (compat fixes and registration before detectron2 is used)
+from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from ge_detectron.checkpoint import GECheckpointer
 from ge_detectron.config import GEConfigError, get_ge_cfg
 from ge_detectron.data import DatasetMissingError, prepare_datasets
+from ge_detectron.data.sanitize import SkipUnreadableImages, load_train_dataset_dicts
 from ge_detectron.evaluation import build_coco_evaluator
 
 
 class Trainer(DefaultTrainer):
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = SkipUnreadableImages(DatasetMapper(cfg, is_train=True))
+        return build_detection_train_loader(cfg, dataset=load_train_dataset_dicts(cfg), mapper=mapper)
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_coco_evaluator(cfg, dataset_name, output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
@@ -48,7 +55,12 @@ def main(args):
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except FloatingPointError as e:  # detectron2 checks the losses before each optimizer step
+        last = trainer.checkpointer.get_checkpoint_file() or "none was written yet"
+        raise SystemExit(f"error: training stopped, the loss is not finite: {e} The last good checkpoint is "
+                         f"kept: {last}. Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS, then --resume.") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""Bad data in detection datasets: annotations with unusable boxes are dropped at load time, and
+images that cannot be read are skipped by the training mapper, each with a warning that counts them."""
+import logging
+import math
+
+from detectron2.data import get_detection_dataset_dicts
+from detectron2.data.detection_utils import SizeMismatchError
+from detectron2.structures import BoxMode
+
+from .datasets import DatasetMissingError
+
+logger = logging.getLogger(__name__)
+
+
+def _box_is_usable(annotation, width, height):
+    x0, y0, x1, y1 = BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"], BoxMode.XYXY_ABS)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+        return False  # degenerate
+    return x1 > 0 and y1 > 0 and x0 < width and y0 < height  # overlaps the image
+
+
+def drop_unusable_boxes(dataset_dicts, filter_empty=True):
+    """Drop annotations whose box is degenerate (empty, inverted, non-finite) or entirely outside the
+    image, then (with ``filter_empty``) the images left without annotations. Warns with the counts."""
+    kept, dropped_boxes, dropped_images = [], 0, 0
+    for record in dataset_dicts:
+        annotations = record.get("annotations")
+        if annotations is not None:
+            usable = [a for a in annotations if _box_is_usable(a, record["width"], record["height"])]
+            dropped_boxes += len(annotations) - len(usable)
+            record = {**record, "annotations": usable}
+            if filter_empty and not usable and annotations:
+                dropped_images += 1
+                continue
+        kept.append(record)
+    if dropped_boxes:
+        logger.warning(f"Dropped {dropped_boxes} annotations with degenerate or out-of-image boxes "
+                       f"({dropped_images} images left without annotations were dropped too).")
+    return kept
+
+
+def load_train_dataset_dicts(cfg):
+    """The training records of ``cfg.DATASETS.TRAIN`` as detectron2 loads them, minus unusable boxes;
+    an empty result is a DatasetMissingError that says so."""
+    names = cfg.DATASETS.TRAIN
+    try:
+        records = get_detection_dataset_dicts(names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    except AssertionError as e:  # detectron2 asserts on empty datasets
+        raise DatasetMissingError(f"Training dataset(s) {list(names)} contain no usable images ({e}).") from None
+    records = drop_unusable_boxes(records, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    if not records:
+        raise DatasetMissingError(f"Training dataset(s) {list(names)} contain no image with a usable box.")
+    return records
+
+
+class SkipUnreadableImages:
+    """Wrap a dataset mapper: an image that cannot be read or decoded makes it return None, which
+    detectron2's MapDataset answers by sampling another image. Counts and warns (per worker)."""
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+        self.skipped = 0
+
+    def __call__(self, dataset_dict):
+        try:
+            return self.mapper(dataset_dict)
+        except (OSError, SyntaxError, SizeMismatchError) as e:  # missing, corrupt or mis-sized files
+            self.skipped += 1
+            logger.warning(f"Skipped unreadable image {dataset_dict.get('file_name')!r} ({type(e).__name__}: {e}); "
+                           f"{self.skipped} skipped so far in this data loader worker.")
+            return None
