@@ -48,10 +48,21 @@ def _placeholder_extension():
     return module
 
 
-def _bare_package(name, path):
-    module = types.ModuleType(name)
+def _caffe2_free_export_package(path):
+    """``detectron2.export`` without its caffe2 half: the submodules import as usual, and the names
+    that detectron2 itself imports from the package (e.g. ``detectron2.utils.analysis``) resolve lazily."""
+    module = types.ModuleType("detectron2.export")
     module.__path__ = [path]
-    module.__package__ = name
+    module.__package__ = "detectron2.export"
+    lazy = {"TracingAdapter": "flatten", "flatten_to_tuple": "flatten",
+            "scripting_with_instances": "torchscript", "dump_torchscript_IR": "torchscript"}
+
+    def __getattr__(name):
+        if name not in lazy:
+            raise AttributeError(f"detectron2.export.{name} needs caffe2, which this torch does not ship")
+        return getattr(importlib.import_module(f"detectron2.export.{lazy[name]}"), name)
+
+    module.__getattr__ = __getattr__
     return module
 
 
@@ -89,6 +100,6 @@ def apply():
     # detectron2/export/__init__.py imports caffe2, which torch 2 no longer ships; a bare package
     # keeps detectron2.export.flatten (TracingAdapter) and .torchscript importable.
     if package_dir is not None and importlib.util.find_spec("caffe2") is None:
-        sys.modules.setdefault("detectron2.export", _bare_package("detectron2.export", os.path.join(package_dir, "export")))
+        sys.modules.setdefault("detectron2.export", _caffe2_free_export_package(os.path.join(package_dir, "export")))
         APPLIED.append("detectron2.export without caffe2")
     return APPLIED

@@ -95,10 +95,9 @@ def ge_block_kwargs(cfg, stage_name):
     }
 
 
-def get_ge_cfg(config_file=None, opts=()):
-    """detectron2's default config + ``MODEL.GE``, merged with a YAML file and ``KEY VALUE`` overrides,
-    validated and frozen. Raises GEConfigError for any bad file, key or value."""
-    cfg = add_ge_config(get_cfg())
+def merge_cfg(cfg, config_file=None, opts=()):
+    """Merge a YAML file and ``KEY VALUE`` overrides into ``cfg``; a bad file, key or value raises
+    GEConfigError naming it."""
     try:
         if config_file:
             cfg.merge_from_file(config_file)
@@ -107,6 +106,13 @@ def get_ge_cfg(config_file=None, opts=()):
         raise GEConfigError(f"config file not found: {e.filename or config_file!r}.") from None
     except (KeyError, ValueError, AssertionError) as e:
         raise GEConfigError(f"cannot merge config {config_file!r} with overrides {list(opts)}: {e}") from None
+    return cfg
+
+
+def get_ge_cfg(config_file=None, opts=()):
+    """detectron2's default config + ``MODEL.GE``, merged with a YAML file and ``KEY VALUE`` overrides,
+    validated and frozen. Raises GEConfigError for any bad file, key or value."""
+    cfg = merge_cfg(add_ge_config(get_cfg()), config_file, opts)
     validate_ge_config(cfg)
     cfg.freeze()
     return cfg

@@ -10,8 +10,8 @@ detection configs too (slow on a CPU: one inference at 800x1333 per config).
 import argparse
 
 import ge_detectron  # noqa: F401  (compat fixes before detectron2 is used)
-from ge_detectron.config import get_ge_cfg
-from ge_detectron.pretrain.analysis import classifier_cfg, classifier_stats, detector_stats, markdown_table
+from ge_detectron.pretrain.analysis import (classifier_cfg, classifier_stats, detector_cfg, detector_stats,
+                                            markdown_table)
 
 
 def classifier_grid(depths, variants, extents):
@@ -46,12 +46,11 @@ def main():
 
     rows = []
     for config in args.detectors:
-        params, flops = detector_stats(get_ge_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.GE.FUSED", "off"]),
-                                       *args.detector_size)
+        params, flops = detector_stats(detector_cfg(config), *args.detector_size)
         rows.append([config, f"{params / 1e6:.3f}", f"{flops / 1e9:.1f}"])
     if rows:
         h, w = args.detector_size
-        print(f"\nDetectors, one {h}x{w} image in inference:")
+        print(f"\nDetectors, one {h}x{w} image in inference, MODEL.RPN.POST_NMS_TOPK_TEST proposals:")
         print(markdown_table(["config", "params (M)", "GFLOPs"], rows))
 
 

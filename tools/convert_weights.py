@@ -29,7 +29,7 @@ def main():
     parser.add_argument("--format", choices=("auto", "pretrain", "torchvision"), default="auto")
     parser.add_argument("--check", metavar="CONFIG", help="detection config to load the result into, as a check")
     parser.add_argument("opts", nargs="*", help="KEY VALUE overrides of the --check config")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     if not args.output.endswith(".pkl"):
         sys.exit("convert_weights.py: error: the output must end in .pkl (detectron2 reads .pkl files as "
                  "model-zoo checkpoints with name matching).")
@@ -48,8 +48,8 @@ def main():
         for key, value in TORCHVISION_CONVENTIONS.items():
             print(f"  {key}: {value}")
     else:
-        print("The detection config must use the pretraining config's MODEL.RESNETS, MODEL.PIXEL_MEAN / PIXEL_STD "
-              "and INPUT.FORMAT (the pretraining configs use torchvision's: configs/faster_rcnn_ge_r50_pretrained.yaml).")
+        print("The detection config must use the pretraining config's MODEL.RESNETS, MODEL.GE, MODEL.PIXEL_MEAN / "
+              "PIXEL_STD and INPUT.FORMAT; for configs/pretrain/* that is configs/faster_rcnn_ge_r50_pretrained.yaml.")
     if args.check:
         try:
             cfg = get_ge_cfg(args.check, ["MODEL.WEIGHTS", args.output, "MODEL.DEVICE", "cpu", *args.opts])

@@ -19,7 +19,9 @@ from detectron2.utils.logger import setup_logger
 from ge_detectron.checkpoint import GECheckpointer
 from ge_detectron.data import DatasetMissingError
 from ge_detectron.data.classification import prepare_image_folders
-from ge_detectron.pretrain import PretrainTrainer, check_launch_args, get_pretrain_cfg, launch_from_args
+from ge_detectron.engine import train_or_exit
+from ge_detectron.launch import check_launch_args, launch_from_args
+from ge_detectron.pretrain import PretrainTrainer, get_pretrain_cfg
 
 
 def main(args):
@@ -32,7 +34,7 @@ def main(args):
         return PretrainTrainer.test(cfg, model)
     trainer = PretrainTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    return train_or_exit(trainer)  # a non-finite loss: a message naming the iteration, the last good checkpoint kept
 
 
 if __name__ == "__main__":
@@ -40,7 +42,7 @@ if __name__ == "__main__":
     try:  # fail fast, with a message instead of a traceback, before any worker starts
         cfg = get_pretrain_cfg(args.config_file, args.opts)
         prepare_image_folders(cfg)
-        check_launch_args(args, cfg.MODEL.DEVICE)
+        check_launch_args(args, cfg)
     except (ValueError, DatasetMissingError) as e:
         sys.exit(f"pretrain_net.py: error: {e}")
     launch_from_args(main, args, cfg.MODEL.DEVICE)

@@ -50,8 +50,8 @@ def prepare_image_folders(cfg):
     """Generate the demo set into PRETRAIN.TRAIN_DIR / VAL_DIR if PRETRAIN.GENERATE_DEMO_DATA asks for it
     and they are missing, then ``check_image_folders``."""
     if cfg.PRETRAIN.GENERATE_DEMO_DATA:
-        shape_classes.ensure_split(resolve_dataset_dir(cfg.PRETRAIN.TRAIN_DIR), DEMO_TRAIN_PER_CLASS, 0, DEMO_IMAGE_SIZE)
-        shape_classes.ensure_split(resolve_dataset_dir(cfg.PRETRAIN.VAL_DIR), DEMO_VAL_PER_CLASS, 1, DEMO_IMAGE_SIZE)
+        for key, per_class, seed in (("TRAIN_DIR", DEMO_TRAIN_PER_CLASS, 0), ("VAL_DIR", DEMO_VAL_PER_CLASS, 1)):
+            shape_classes.ensure_split(resolve_dataset_dir(cfg.PRETRAIN[key]), per_class, seed, DEMO_IMAGE_SIZE)
     check_image_folders(cfg)
 
 
@@ -78,18 +78,13 @@ def build_eval_transform(cfg):
                                *_to_input_format(cfg)])
 
 
-def _per_process_batch(total, key):
-    world = comm.get_world_size()
-    if total % world:
-        raise ValueError(f"{key} = {total} must be divisible by the number of processes ({world}).")
-    return total // world
 
 
 def build_classification_train_loader(cfg):
     """Infinite loader over PRETRAIN.TRAIN_DIR, SOLVER.IMS_PER_BATCH images per step over all processes;
     each process reads its own shard of a shuffled stream (detectron2's TrainingSampler)."""
     dataset = datasets.ImageFolder(resolve_dataset_dir(cfg.PRETRAIN.TRAIN_DIR), build_train_transform(cfg))
-    batch = _per_process_batch(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH")
+    batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()  # divisibility: pretrain.launch.check_launch_args
     sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
     return torch.utils.data.DataLoader(
         dataset,
@@ -103,7 +98,7 @@ def build_classification_train_loader(cfg):
 def build_classification_test_loader(cfg):
     """One pass over PRETRAIN.VAL_DIR; each process reads a distinct part (no image twice)."""
     dataset = datasets.ImageFolder(resolve_dataset_dir(cfg.PRETRAIN.VAL_DIR), build_eval_transform(cfg))
-    batch = _per_process_batch(cfg.PRETRAIN.EVAL_IMS_PER_BATCH, "PRETRAIN.EVAL_IMS_PER_BATCH")
+    batch = max(1, cfg.PRETRAIN.EVAL_IMS_PER_BATCH // comm.get_world_size())
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=torch.utils.data.BatchSampler(InferenceSampler(len(dataset)), batch, drop_last=False),

@@ -31,7 +31,7 @@ def _background(rng, size):
     img = rng.integers(40, 216, 3) * (1 - t) + rng.integers(40, 216, 3) * t + rng.normal(0, 10, (size, size, 3))
     image = Image.fromarray(np.clip(np.broadcast_to(img, (size, size, 3)), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(1, 4))):
         draw.line([tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(2)], fill=_colour(rng),
                   width=int(rng.integers(1, 3)))
     return image
@@ -39,7 +39,7 @@ def _background(rng, size):
 
 def _texture(cls, rng, side):
     """An RGB (side, side) patch of the texture at a random angle and period, in two random colours."""
-    angle, period = rng.uniform(0, math.pi), rng.uniform(4, 8)
+    angle, period = rng.uniform(0, math.pi), rng.uniform(6, 12)
     y, x = np.mgrid[0:side, 0:side].astype(np.float64)
     u = x * math.cos(angle) + y * math.sin(angle)
     v = -x * math.sin(angle) + y * math.cos(angle)
@@ -56,7 +56,7 @@ def _texture(cls, rng, side):
 def make_image(cls, rng, size=64):
     """One image of class ``cls``."""
     image = _background(rng, size)
-    radius = rng.uniform(0.17, 0.33) * size
+    radius = rng.uniform(0.22, 0.36) * size
     cx, cy = rng.uniform(radius, size - radius, 2)
     if cls in ("stripes", "checker", "dots"):
         side = int(2 * radius)
@@ -71,7 +71,8 @@ def make_image(cls, rng, size=64):
         draw.ellipse(box, outline=_colour(rng), width=max(2, int(radius / 3)))
     else:
         a = rng.uniform(0, 2 * math.pi)
-        draw.polygon([(cx + radius * (px * math.cos(a) - py * math.sin(a)), cy + radius * (px * math.sin(a) + py * math.cos(a)))
+        cos, sin = math.cos(a), math.sin(a)
+        draw.polygon([(cx + radius * (px * cos - py * sin), cy + radius * (px * sin + py * cos))
                       for px, py in _UNIT_POLYGONS[cls]], fill=_colour(rng))
     return image
 

@@ -1,10 +1,11 @@
 """The GE-ResNet image classifier used to pretrain the detection backbones (e.g. on ImageNet)."""
 import torch
+from detectron2.modeling.backbone import BottleneckBlock
 from torch import nn
 
 from .backbone import build_ge_resnet
 
-__all__ = ["GEClassifier", "build_ge_classifier"]
+__all__ = ["GEClassifier", "build_ge_classifier", "zero_init_residual"]
 
 
 class GEClassifier(nn.Module):
@@ -33,3 +34,13 @@ def build_ge_classifier(cfg):
     ``MODEL.BACKBONE.FREEZE_AT`` applies too: pretraining configs set it to 0."""
     resnet = build_ge_resnet(cfg, len(cfg.MODEL.PIXEL_MEAN), num_classes=cfg.MODEL.GE.NUM_CLASSES)
     return GEClassifier(resnet, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
+
+
+def zero_init_residual(model):
+    """Zero the scale of the last norm of every bottleneck's residual branch (conv3's norm, before GE),
+    so that each block starts as the identity: "zero gamma" of Goyal et al. (2017), which speeds up
+    training from scratch. Norms without a learnable scale (FrozenBN) are left alone. Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, BottleneckBlock) and isinstance(getattr(module.conv3.norm, "weight", None), nn.Parameter):
+            nn.init.zeros_(module.conv3.norm.weight)
+    return model

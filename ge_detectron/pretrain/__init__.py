@@ -3,6 +3,5 @@ see docs/pretraining.md."""
 from .config import PretrainConfigError, add_pretrain_config, get_pretrain_cfg, validate_pretrain_config
 from .convert import TORCHVISION_CONVENTIONS, load_into_detector, to_backbone_checkpoint
 from .evaluator import ClassificationEvaluator
-from .launch import check_launch_args, launch_from_args
 from .task import ClassificationTask
 from .trainer import PretrainTrainer

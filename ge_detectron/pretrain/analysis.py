@@ -11,6 +11,7 @@ from detectron2.export.flatten import TracingAdapter
 from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 
+from ..config import get_ge_cfg
 from ..modeling.classifier import build_ge_classifier
 from .config import get_pretrain_cfg
 
@@ -39,10 +40,20 @@ def classifier_stats(cfg, size=224):
     return count_parameters(model), flops
 
 
+def detector_cfg(config_file):
+    """A detection config for counting: on the CPU, with the RPN's NMS off (see ``detector_stats``)."""
+    return get_ge_cfg(config_file, ["MODEL.DEVICE", "cpu", "MODEL.GE.FUSED", "off", "MODEL.RPN.NMS_THRESH", 1.0])
+
+
 def detector_stats(cfg, height=800, width=1333):
-    """(parameters, FLOPs) of ``cfg``'s detector in inference on one height x width image. The ROI head's
-    FLOPs grow with the number of proposals (MODEL.RPN.POST_NMS_TOPK_TEST)."""
+    """(parameters, FLOPs) of ``cfg``'s detector in inference on one height x width image, its ROI head
+    given exactly MODEL.RPN.POST_NMS_TOPK_TEST proposals (the C4 head's cost is proportional to their
+    number). With random weights the RPN's box deltas push proposals out of the image, so they are
+    zeroed here (proposals = anchors); ``detector_cfg`` turns off the NMS that would thin them out."""
     model = build_model(cfg).eval()
+    deltas = model.proposal_generator.rpn_head.anchor_deltas
+    torch.nn.init.zeros_(deltas.weight)
+    torch.nn.init.zeros_(deltas.bias)
     # What detectron2.utils.analysis.FlopCountAnalysis does; that module does not import where
     # detectron2.export is the bare package of ge_detectron.compat.
     adapter = TracingAdapter(model, [{"image": torch.zeros(3, height, width)}], allow_non_tensor=True)

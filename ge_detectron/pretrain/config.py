@@ -10,11 +10,11 @@ INPUT.FORMAT, MODEL.PIXEL_MEAN / PIXEL_STD, MODEL.DEVICE, MODEL.WEIGHTS, SEED an
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from ..config import add_ge_config, validate_ge_config
+from ..config import add_ge_config, merge_cfg, validate_ge_config
 
 
 class PretrainConfigError(ValueError):
-    """An invalid ``PRETRAIN`` value, or a config file that cannot be merged."""
+    """An invalid ``PRETRAIN`` (or pretraining-specific detectron2) value."""
 
 
 def add_pretrain_config(cfg):
@@ -32,6 +32,9 @@ def add_pretrain_config(cfg):
     cfg.PRETRAIN.CROP_SIZE = 224
     cfg.PRETRAIN.CROP_SCALE = (0.08, 1.0)
     cfg.PRETRAIN.RESIZE_SIZE = 256
+    # Start every bottleneck as the identity: zero scale in the last norm of its residual branch
+    # (Goyal et al. 2017). Applied before MODEL.WEIGHTS is loaded.
+    cfg.PRETRAIN.ZERO_INIT_RESIDUAL = True
     # Label smoothing of the cross-entropy loss (0 = off; 0.1 is the common choice).
     cfg.PRETRAIN.LABEL_SMOOTHING = 0.0
     # Evaluation batch, total over all processes.
@@ -67,16 +70,8 @@ def validate_pretrain_config(cfg):
 
 def get_pretrain_cfg(config_file=None, opts=()):
     """detectron2's defaults + ``MODEL.GE`` + ``PRETRAIN``, merged with a YAML file and ``KEY VALUE``
-    overrides, validated and frozen. Raises PretrainConfigError or GEConfigError (both ValueErrors)."""
-    cfg = add_pretrain_config(add_ge_config(get_cfg()))
-    try:
-        if config_file:
-            cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except FileNotFoundError as e:
-        raise PretrainConfigError(f"config file not found: {e.filename or config_file!r}.") from None
-    except (KeyError, ValueError, AssertionError) as e:
-        raise PretrainConfigError(f"cannot merge config {config_file!r} with overrides {list(opts)}: {e}") from None
+    overrides, validated and frozen. Raises GEConfigError or PretrainConfigError (both ValueErrors)."""
+    cfg = merge_cfg(add_pretrain_config(add_ge_config(get_cfg())), config_file, opts)
     validate_ge_config(cfg)
     validate_pretrain_config(cfg)
     cfg.freeze()

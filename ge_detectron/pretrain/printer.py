@@ -29,7 +29,8 @@ class PretrainMetricPrinter(EventWriter):
             fields.append(f"eta: {datetime.timedelta(seconds=int(eta))}")
             storage.put_scalar("images_per_sec", self._ims_per_batch / seconds, smoothing_hint=False)
         fields += [f"iter: {iteration}", f"epoch: {(iteration + 1) * self._ims_per_batch / self._images_per_epoch:.2f}"]
-        fields += [f"{k}: {histories[k].median(self._window_size):.4g}" for k in ("total_loss", "train/top1") if k in histories]
+        fields += [f"{k}: {histories[k].median(self._window_size):.4g}"
+                   for k in ("total_loss", "train/top1") if k in histories]
         if "lr" in histories:
             fields.append(f"lr: {histories['lr'].latest():.5g}")
         if "time" in histories:

@@ -1,17 +1,14 @@
 """The pretraining loop: detectron2's DefaultTrainer (hooks, checkpointing, LR schedule, evaluation,
 writers, ``resume_or_load``) with the classification model, data and evaluation plugged in."""
 import logging
-import os
-import weakref
 
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import default_writers
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from detectron2.utils.events import JSONWriter, TensorboardXWriter
 
-from ..checkpoint import GECheckpointer
 from ..data.classification import build_classification_test_loader, build_classification_train_loader
-from ..modeling.classifier import build_ge_classifier
+from ..engine import GETrainer
+from ..modeling.classifier import build_ge_classifier, zero_init_residual
 from .evaluator import ClassificationEvaluator
 from .printer import PretrainMetricPrinter
 from .task import ClassificationTask
@@ -19,40 +16,20 @@ from .task import ClassificationTask
 logger = logging.getLogger(__name__)
 
 
-class PretrainTrainer(DefaultTrainer):
+class PretrainTrainer(GETrainer):
     """Trains ``ClassificationTask(build_ge_classifier(cfg))`` on PRETRAIN.TRAIN_DIR and evaluates top-1 /
-    top-5 on PRETRAIN.VAL_DIR every TEST.EVAL_PERIOD iterations and at the end.
-
-    Replaces DefaultTrainer's constructor because detectron2's would give a CPU model to
-    DistributedDataParallel with ``device_ids`` (an error; CPU runs go through torchrun + gloo) and
-    would use AMPTrainer, which requires CUDA, whenever SOLVER.AMP.ENABLED is set.
-    """
-
-    def __init__(self, cfg):
-        TrainerBase.__init__(self)
-        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
-        model = create_ddp_model(model, broadcast_buffers=False, **({} if on_cuda else {"device_ids": None}))
-        if cfg.SOLVER.AMP.ENABLED and not on_cuda:
-            logger.warning("SOLVER.AMP.ENABLED is ignored: mixed precision training needs MODEL.DEVICE cuda.")
-        amp = cfg.SOLVER.AMP.ENABLED and on_cuda
-        self._trainer = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = GECheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
-        self.register_hooks(self.build_hooks())
+    top-5 on PRETRAIN.VAL_DIR every TEST.EVAL_PERIOD iterations and at the end. GETrainer's constructor
+    (DDP on the CPU too, AMP on CUDA only, GECheckpointer)."""
 
     @classmethod
     def build_model(cls, cfg):
-        model = ClassificationTask(build_ge_classifier(cfg), cfg.PRETRAIN.LABEL_SMOOTHING).to(cfg.MODEL.DEVICE)
-        frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-        if frozen:
-            logger.warning(f"{len(frozen)} parameters are frozen during pretraining (MODEL.BACKBONE.FREEZE_AT = "
-                           f"{cfg.MODEL.BACKBONE.FREEZE_AT}, MODEL.RESNETS.NORM = {cfg.MODEL.RESNETS.NORM!r}); "
-                           "pretraining configs normally use FREEZE_AT 0 and BN.")
+        classifier = build_ge_classifier(cfg)
+        if cfg.PRETRAIN.ZERO_INIT_RESIDUAL:
+            zero_init_residual(classifier)
+        model = ClassificationTask(classifier, cfg.PRETRAIN.LABEL_SMOOTHING).to(cfg.MODEL.DEVICE)
+        if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
+            logger.warning(f"MODEL.BACKBONE.FREEZE_AT = {cfg.MODEL.BACKBONE.FREEZE_AT}: the first stages stay frozen "
+                           "during pretraining; pretraining configs use 0.")
         logger.info(f"Model:\n{model}")
         return model
 
@@ -78,8 +55,7 @@ class PretrainTrainer(DefaultTrainer):
         return results
 
     def build_writers(self):
-        images_per_epoch = len(self.data_loader.dataset)
-        return [PretrainMetricPrinter(self.max_iter, self.cfg.SOLVER.IMS_PER_BATCH, images_per_epoch),
-                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
-                TensorboardXWriter(self.cfg.OUTPUT_DIR)]
+        """detectron2's default writers (metrics.json, TensorBoard) with our printer for its CommonMetricPrinter."""
+        printer = PretrainMetricPrinter(self.max_iter, self.cfg.SOLVER.IMS_PER_BATCH, len(self.data_loader.dataset))
+        return [printer, *default_writers(self.cfg.OUTPUT_DIR, self.max_iter)[1:]]
 

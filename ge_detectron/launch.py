@@ -1,4 +1,5 @@
-"""Start the processes of a (possibly multi-machine) run: under torchrun, or with detectron2's launch.
+"""Start the processes of a (possibly multi-machine) run, for tools/train_net.py and tools/pretrain_net.py:
+under torchrun, or with detectron2's launch.
 
 detectron2's ``launch`` spawns one process per GPU and hard-codes CUDA and NCCL. torchrun starts the
 processes itself and describes them in environment variables (env:// rendezvous); this module then
@@ -6,27 +7,33 @@ initialises the process group, NCCL on GPUs and gloo on the CPU, and the per-mac
 detectron2's ``comm.get_local_rank()`` needs.
 """
 import os
+import sys
 
 import torch
 import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
 
+__all__ = ["under_torchrun", "check_launch_args", "init_torchrun_process_group", "launch_from_args"]
 
 
 def under_torchrun():
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def check_launch_args(args, device):
-    """Raise ValueError, with what to do instead, for a process layout that cannot start."""
+def check_launch_args(args, cfg):
+    """Raise ValueError, with what to do instead, for a process layout that cannot run ``cfg``."""
     if under_torchrun() and "LOCAL_WORLD_SIZE" not in os.environ:
         raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK are set but LOCAL_WORLD_SIZE is not: start the "
                          "processes with torchrun, which sets all four.")
-    if not under_torchrun() and args.num_gpus * args.num_machines > 1 and not device.startswith("cuda"):
+    world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else args.num_gpus * args.num_machines
+    if not under_torchrun() and world > 1 and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise ValueError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} needs GPUs (MODEL.DEVICE "
-                         f"is {device!r}); for several CPU processes use torchrun, e.g. `torchrun "
-                         "--nproc_per_node 2 tools/pretrain_net.py --config-file ...`.")
+                         f"is {cfg.MODEL.DEVICE!r}); for several CPU processes use torchrun, e.g. `torchrun "
+                         f"--nproc_per_node 2 {sys.argv[0]} --config-file ...`.")
+    if cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} (the total batch) is not divisible by "
+                         f"the number of processes ({world}).")
 
 
 def init_torchrun_process_group(device):
@@ -49,6 +56,8 @@ def launch_from_args(main_func, args, device):
     ``args`` (detectron2's ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``)."""
     if under_torchrun():
         init_torchrun_process_group(device)
-        return main_func(args)
+        result = main_func(args)
+        dist.destroy_process_group()
+        return result
     return launch(main_func, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(args,))

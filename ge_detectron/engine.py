@@ -1,0 +1,80 @@
+"""What tools/train_net.py and tools/pretrain_net.py share around detectron2's DefaultTrainer: the
+trainer constructor (DDP on CPU and GPU, AMP on CUDA only, GECheckpointer), a clear stop on a
+non-finite loss, and an optional per-rank dump of the final model state (``GE_DUMP_RANK_STATE``)."""
+import logging
+import os
+import weakref
+
+import torch
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .checkpoint import GECheckpointer
+
+logger = logging.getLogger(__name__)
+
+# A directory: every process saves its model's final parameters and buffers there after training, as
+# rank{RANK}.pth, to check that data-parallel processes ended with the same weights (tests/test_distributed.py).
+DUMP_RANK_STATE_ENV = "GE_DUMP_RANK_STATE"
+
+
+class GETrainer(DefaultTrainer):
+    """DefaultTrainer with DefaultTrainer's constructor replaced: detectron2's gives the model to
+    DistributedDataParallel with ``device_ids=[local rank]``, an error for a CPU model (CPU runs go
+    through torchrun + gloo), uses AMPTrainer, which requires CUDA, whenever SOLVER.AMP.ENABLED is
+    set, and checkpoints with a plain DetectionCheckpointer instead of GECheckpointer."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # as DefaultTrainer
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
+        model = create_ddp_model(model, broadcast_buffers=False, **({} if on_cuda else {"device_ids": None}))
+        if cfg.SOLVER.AMP.ENABLED and not on_cuda:
+            logger.warning("SOLVER.AMP.ENABLED is ignored: mixed precision training needs MODEL.DEVICE cuda.")
+        amp = cfg.SOLVER.AMP.ENABLED and on_cuda
+        self._trainer = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = GECheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if os.environ.get(DUMP_RANK_STATE_ENV):
+            hooks.append(DumpRankState(os.environ[DUMP_RANK_STATE_ENV]))
+        return hooks
+
+
+class DumpRankState(HookBase):
+    """After training, save ``{"iteration", "parameters", "buffers"}`` of this process's model (unwrapped
+    from DDP, on the CPU) to ``directory/rank{rank}.pth``."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def after_train(self):
+        model = self.trainer.model
+        model = getattr(model, "module", model)
+        state = {"iteration": self.trainer.iter,
+                 "parameters": {k: v.detach().cpu() for k, v in model.named_parameters()},
+                 "buffers": {k: v.detach().cpu() for k, v in model.named_buffers()}}
+        os.makedirs(self.directory, exist_ok=True)
+        torch.save(state, os.path.join(self.directory, f"rank{comm.get_rank()}.pth"))
+
+
+def train_or_exit(trainer):
+    """``trainer.train()``; a non-finite loss (detectron2 checks the losses before each optimizer step and
+    raises FloatingPointError naming the iteration) ends the run with SystemExit and a message that names
+    the iteration and the last good checkpoint, which is kept."""
+    try:
+        return trainer.train()
+    except FloatingPointError as e:
+        last = trainer.checkpointer.get_checkpoint_file() or "none was written yet"
+        raise SystemExit(f"error: training stopped, the loss is not finite: {e} The last good checkpoint is "
+                         f"kept: {last}. Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS, then --resume.") from None

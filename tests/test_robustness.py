@@ -1,0 +1,174 @@
+"""Faults: a kill during training or while saving, bad images and boxes, empty data, a non-finite
+loss, and determinism of short CPU runs."""
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.utils.env import seed_all_rng
+
+from ge_detectron.checkpoint import GECheckpointer
+from ge_detectron.data import DatasetMissingError, generate_shapes_split
+from ge_detectron.config import get_ge_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from train_net import Trainer  # noqa: E402
+
+DEMO = os.path.join(REPO, "configs", "demo", "faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml")
+TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
+        "INPUT.MAX_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
+        # a narrow R50 (about 1/16 of the widths): fast to build, train and checkpoint
+        "MODEL.RESNETS.NORM", "BN", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.WIDTH_PER_GROUP", "16",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FPN.NORM", "",
+        "MODEL.ROI_BOX_HEAD.FC_DIM", "64"]
+
+
+def shapes_root(tmp_path, num_train=4, num_val=2):
+    """A tiny ge_shapes dataset where train_net (DETECTRON2_DATASETS=tmp_path) will look for it."""
+    root = tmp_path / "ge_shapes"
+    for split, num, seed in (("train", num_train, 0), ("val", num_val, 1)):
+        generate_shapes_split(str(root / split), str(root / f"{split}.json"), num, seed, image_size=64,
+                              min_side=12, max_side=30)
+    return root
+
+
+class TrainNet:
+    """tools/train_net.py in a subprocess whose output goes to a file (a pipe nobody reads would block it)."""
+
+    def __init__(self, tmp_path, *opts, resume=False):
+        cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", DEMO]
+        cmd += ["--resume"] if resume else []
+        cmd += [*TINY, "OUTPUT_DIR", str(tmp_path / "out"), *map(str, opts)]
+        self.log_path = tmp_path / f"train_net{'_resumed' if resume else ''}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path)},
+                                         stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout=300):
+        self.proc.wait(timeout=timeout)
+        return self.proc.returncode, self.log_path.read_text()
+
+
+def test_sigkill_after_first_checkpoint_then_resume_finishes(tmp_path):
+    shapes_root(tmp_path)
+    out = tmp_path / "out"
+    run = TrainNet(tmp_path, "SOLVER.MAX_ITER", 200, "SOLVER.CHECKPOINT_PERIOD", 2)
+    deadline = time.time() + 600
+    while not (out / "last_checkpoint").exists() and time.time() < deadline and run.proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(run.proc.pid, signal.SIGKILL)
+    returncode, log = run.wait()
+    assert returncode == -signal.SIGKILL and (out / "last_checkpoint").exists(), log[-3000:]
+    saved = (out / "last_checkpoint").read_text()
+    assert (out / saved).exists()  # the tag never points at a missing or partial file (a kill mid-save leaves a .tmp)
+    start = torch.load(out / saved, map_location="cpu", weights_only=False)["iteration"] + 1
+
+    returncode, log = TrainNet(tmp_path, "SOLVER.MAX_ITER", start + 2, "SOLVER.CHECKPOINT_PERIOD", 100,
+                               resume=True).wait()
+    assert returncode == 0, log[-3000:]
+    assert f"Starting training from iteration {start}" in log
+    assert (out / "model_final.pth").exists() and (out / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):
+    model = torch.nn.Linear(3, 3)
+    checkpointer = GECheckpointer(model, save_dir=str(tmp_path))
+    checkpointer.save("model_0000009")
+    before = (tmp_path / "model_0000009.pth").read_bytes()
+
+    class KilledWhileSaving(Exception):
+        pass
+
+    def state_dict_then_die():
+        raise KilledWhileSaving()
+
+    with pytest.raises(KilledWhileSaving):  # torch.save dies half-way through the file
+        with checkpointer.path_manager.open(str(tmp_path / "model_0000019.pth"), "wb") as f:
+            f.write(before[: len(before) // 2])
+            state_dict_then_die()
+    assert not (tmp_path / "model_0000019.pth").exists() and not list(tmp_path.glob("*.tmp*"))
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert (tmp_path / "model_0000009.pth").read_bytes() == before
+    restored = GECheckpointer(torch.nn.Linear(3, 3), save_dir=str(tmp_path))
+    restored.resume_or_load("", resume=True)
+    torch.testing.assert_close(restored.model.weight, model.weight)
+
+
+def register_bad_dataset(tmp_path, name, corrupt_images=1, box_edits=None):
+    """4 generated images, ``corrupt_images`` of them overwritten with garbage, annotations edited."""
+    import json
+
+    root = tmp_path / name
+    generate_shapes_split(str(root / "img"), str(root / "ann.json"), 4, 5, image_size=64, min_side=12, max_side=30)
+    for i in range(1, corrupt_images + 1):
+        (root / "img" / f"{i:06d}.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    coco = json.loads((root / "ann.json").read_text())
+    for ann, bbox in zip(coco["annotations"], box_edits or []):
+        ann["bbox"] = bbox
+    (root / "ann.json").write_text(json.dumps(coco))
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, str(root / "ann.json"), str(root / "img"))
+    return name
+
+
+def tiny_train_cfg(tmp_path, train_name, iters=2, extra=()):
+    return get_ge_cfg(DEMO, TINY + ["DATASETS.TRAIN", (train_name,), "DATASETS.TEST", (), "SOLVER.MAX_ITER", iters,
+                                    "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.RESNETS.DEPTH", 50, *extra])
+
+
+def test_corrupt_images_and_bad_boxes_are_skipped_with_counts(tmp_path, caplog):
+    edits = [[0, 0, 0, 10], [10, 10, -5, 8], [500, 500, 10, 10], [float("nan"), 1, 5, 5]]
+    name = register_bad_dataset(tmp_path, "bad_train", corrupt_images=1, box_edits=edits)
+    cfg = tiny_train_cfg(tmp_path, name)
+    with caplog.at_level(logging.WARNING, logger="ge_detectron"):
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+    text = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("ge_detectron"))
+    assert "Dropped 4 annotations with degenerate or out-of-image boxes" in text
+    assert "Skipped unreadable image" in text and "000001.jpg" in text and "1 skipped so far" in text
+    assert trainer.iter == cfg.SOLVER.MAX_ITER
+
+
+def test_dataset_without_usable_boxes_is_a_clear_error(tmp_path):
+    name = register_bad_dataset(tmp_path, "all_bad_train", corrupt_images=0, box_edits=[[0, 0, 0, 0]] * 100)
+    with pytest.raises(DatasetMissingError, match="all_bad_train.*no"):
+        Trainer(tiny_train_cfg(tmp_path, name))
+
+
+def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(tmp_path):
+    shapes_root(tmp_path)
+    returncode, log = TrainNet(tmp_path, "SOLVER.MAX_ITER", 30, "SOLVER.CHECKPOINT_PERIOD", 1,
+                               "SOLVER.BASE_LR", 1e12).wait()
+    assert returncode != 0
+    assert "error: training stopped, the loss is not finite" in log and "iteration=" in log
+    last = (tmp_path / "out" / (tmp_path / "out" / "last_checkpoint").read_text())
+    state = torch.load(last, map_location="cpu", weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def run_losses(tmp_path, name, tag):
+    cfg = tiny_train_cfg(tmp_path / tag, name, iters=5, extra=["SEED", 7, "CUDNN_BENCHMARK", False])
+    seed_all_rng(cfg.SEED)
+    torch.use_deterministic_algorithms(True)
+    try:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    return [v for v, _ in trainer.storage.history("total_loss").values()]
+
+
+def test_two_seeded_cpu_runs_give_identical_losses(tmp_path):
+    name = register_bad_dataset(tmp_path, "determinism_train", corrupt_images=0)
+    first, second = run_losses(tmp_path, name, "a"), run_losses(tmp_path, name, "b")
+    assert len(first) == 5 and first == second
