@@ -4,6 +4,7 @@ Applied by ``import ge_detectron`` before the first detectron2 import. Every fix
 where the thing it stands in for is missing, so an official detectron2 build (with its C++/CUDA
 extension) and older libraries are left untouched. ``APPLIED`` lists the fixes that were needed.
 """
+import collections.abc
 import importlib.util
 import os
 import sys
@@ -66,6 +67,29 @@ def _caffe2_free_export_package(path):
     return module
 
 
+class _SampleableSet(set):
+    """A set that ``random.sample`` accepts (Python 3.11 stopped sampling from sets), for the index
+    pool of detectron2's MapDataset, which samples a replacement when a mapper returns None."""
+
+    def __getitem__(self, index):
+        return sorted(self)[index]  # only used on the rare retry path
+
+
+collections.abc.Sequence.register(_SampleableSet)
+
+
+def _sampleable_map_dataset_fallbacks():
+    from detectron2.data.common import MapDataset
+
+    original_init = MapDataset.__init__
+
+    def __init__(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._fallback_candidates = _SampleableSet(self._fallback_candidates)
+
+    MapDataset.__init__ = __init__
+
+
 def apply():
     if APPLIED:
         return APPLIED
@@ -102,4 +126,8 @@ def apply():
     if package_dir is not None and importlib.util.find_spec("caffe2") is None:
         sys.modules.setdefault("detectron2.export", _caffe2_free_export_package(os.path.join(package_dir, "export")))
         APPLIED.append("detectron2.export without caffe2")
+
+    if package_dir is not None and sys.version_info >= (3, 11):
+        _sampleable_map_dataset_fallbacks()
+        APPLIED.append("MapDataset retry on Python >= 3.11")
     return APPLIED

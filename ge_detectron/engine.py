@@ -1,12 +1,14 @@
 """What tools/train_net.py and tools/pretrain_net.py share around detectron2's DefaultTrainer: the
 trainer constructor (DDP on CPU and GPU, AMP on CUDA only, GECheckpointer), a clear stop on a
-non-finite loss, and an optional per-rank dump of the final model state (``GE_DUMP_RANK_STATE``)."""
+non-finite loss or non-finite model state (no checkpoint of that is written), and an optional
+per-rank dump of the final model state (``GE_DUMP_RANK_STATE``)."""
 import logging
 import os
 import weakref
 
 import torch
-from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import (AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model,
+                               hooks)
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -45,10 +47,40 @@ class GETrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        hooks = super().build_hooks()
+        ret = super().build_hooks()
+        for i, hook in enumerate(ret):
+            if isinstance(hook, hooks.PeriodicCheckpointer):  # on the main process only
+                ret.insert(i, CheckFiniteState(hook))
+                break
         if os.environ.get(DUMP_RANK_STATE_ENV):
-            hooks.append(DumpRankState(os.environ[DUMP_RANK_STATE_ENV]))
-        return hooks
+            ret.append(DumpRankState(os.environ[DUMP_RANK_STATE_ENV]))
+        return ret
+
+
+class NonFiniteState(FloatingPointError):
+    """A parameter or buffer of the model is infinite or NaN."""
+
+
+class CheckFiniteState(HookBase):
+    """Runs just before ``checkpointer_hook``: on the iterations it saves a checkpoint at, raise
+    NonFiniteState (naming the iteration) if a parameter or a floating-point buffer (norm statistics) is
+    infinite or NaN. detectron2 checks only the loss, before the optimizer step; that step can still
+    overflow the weights, and a forward pass of a finite loss the norm layers' running statistics, which
+    would then be saved as the last checkpoint."""
+
+    def __init__(self, checkpointer_hook):
+        self.checkpointer_hook = checkpointer_hook
+
+    def after_step(self):
+        iteration, hook = self.trainer.iter, self.checkpointer_hook
+        if (iteration + 1) % hook.period and (hook.max_iter is None or iteration < hook.max_iter - 1):
+            return  # no checkpoint at this iteration
+        model = self.trainer.model
+        state = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if b.is_floating_point())]
+        bad = [name for name, t in state if not torch.isfinite(t).all()]
+        if bad:
+            raise NonFiniteState(f"{len(bad)} parameters or buffers became infinite or NaN at iteration={iteration}, "
+                                 f"e.g. {', '.join(bad[:3])}; no checkpoint was written for it.")
 
 
 class DumpRankState(HookBase):
@@ -70,11 +102,16 @@ class DumpRankState(HookBase):
 
 def train_or_exit(trainer):
     """``trainer.train()``; a non-finite loss (detectron2 checks the losses before each optimizer step and
-    raises FloatingPointError naming the iteration) ends the run with SystemExit and a message that names
-    the iteration and the last good checkpoint, which is kept."""
+    raises FloatingPointError naming the iteration) or a non-finite model state at a checkpoint
+    (CheckFiniteState) end the run with SystemExit and a message that names the iteration and the
+    last good checkpoint, which is kept."""
     try:
         return trainer.train()
     except FloatingPointError as e:
         last = trainer.checkpointer.get_checkpoint_file() or "none was written yet"
-        raise SystemExit(f"error: training stopped, the loss is not finite: {e} The last good checkpoint is "
+        what = "the model's weights are" if isinstance(e, NonFiniteState) else "the loss is"
+        reason = " ".join(str(e).split())  # detectron2's message spans two lines
+        if "iteration=" not in reason:  # e.g. detectron2's RPN: "Predicted boxes or scores contain Inf/NaN. ..."
+            reason = f"{reason} (iteration={trainer.iter})"
+        raise SystemExit(f"error: training stopped, {what} not finite: {reason} The last good checkpoint is "
                          f"kept: {last}. Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS, then --resume.") from None

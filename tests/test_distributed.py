@@ -66,7 +66,8 @@ def check_ranks_agree_and_only_rank0_wrote(tmp_path, out, rank0_outputs):
     assert "Rank of current process: 0. World size: 2" in log0 and "Rank of current process: 1. World size: 2" in log1
     assert "Rank of current process: 0" not in log1
     assert log0.count("Saving checkpoint to") == 3 and "Saving checkpoint to" not in log1
-    assert [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()] == [1]
+    # one writer: the training metrics of iteration 1 (the last), the final evaluation's results after it
+    assert [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()] == [1, 2]
 
 
 def test_train_net_two_cpu_processes(tmp_path):
@@ -91,6 +92,5 @@ def test_pretrain_net_two_cpu_processes(tmp_path):
             "MODEL.GE.EXTENT", "0", "MODEL.GE.GLOBAL_INPUT_SIZE", "32", *NARROW_R50]
     out = torchrun("pretrain_net.py", opts, tmp_path)
     check_ranks_agree_and_only_rank0_wrote(tmp_path, out, set())
-    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     # The evaluation summed both processes' halves of the 16 validation images.
-    assert 0 <= metrics[-1]["classification/top1"] <= 100 and (100 * metrics[-1]["classification/top1"] / 100) * 16 % 100 == 0 or True
+    assert f"Evaluation on {tmp_path / 'val'} (16 images):" in (out / "log.txt").read_text()

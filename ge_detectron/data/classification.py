@@ -3,20 +3,36 @@ and loaders built on detectron2's distributed samplers.
 
 Batches are ``(images, labels)``: uint8 (N, 3, H, W) pixel values in ``INPUT.FORMAT`` channel order
 (the classifier normalises them, as detectron2's detectors do) and int64 (N,) class indices.
+
+Bad data: a class folder without images is a DatasetMissingError; an image that cannot be read or
+decoded is skipped with a warning that counts the skipped images (``ReadableImageFolder``).
 """
+import functools
+import logging
 import os
+import random
 
 import torch
 from detectron2.data.build import worker_init_reset_seed
 from detectron2.data.samplers import InferenceSampler, TrainingSampler
 from detectron2.utils import comm
+from PIL import Image
+from torch.utils.data import default_collate
 from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from . import shape_classes
 from .datasets import DatasetMissingError, datasets_root
 
 # Size of the generated demo set (PRETRAIN.GENERATE_DEMO_DATA): images per class, image side.
 DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, DEMO_IMAGE_SIZE = 200, 50, 64
+# Training gives up, with a DatasetMissingError, after this many unreadable images in a row.
+MAX_UNREADABLE_IN_A_ROW = 100
+# What reading and decoding a broken file raises (PIL: UnidentifiedImageError and truncated files are
+# OSErrors, broken PNG chunks SyntaxError or ValueError).
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_dataset_dir(path):
@@ -24,20 +40,41 @@ def resolve_dataset_dir(path):
     return path if os.path.isabs(path) else os.path.join(datasets_root(), path)
 
 
+def _holds_an_image(folder):
+    """Whether ``folder`` or a folder under it holds a file with an image extension (stops at the first)."""
+    for _, _, names in os.walk(folder, followlinks=True):
+        if any(has_file_allowed_extension(name, IMG_EXTENSIONS) for name in names):
+            return True
+    return False
+
+
+def class_folders(cfg, key):
+    """The class folder names of PRETRAIN.{key}; DatasetMissingError (short message, what to do) unless it is
+    an ImageFolder root (one sub-folder of images per class) and every class folder holds an image."""
+    root = resolve_dataset_dir(cfg.PRETRAIN[key])
+    names = sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root) else []
+    if not names:
+        raise DatasetMissingError(
+            f"PRETRAIN.{key}: no image folder at {root!r} (it must hold one sub-folder of images per "
+            f"class). Put ImageNet under $DETECTRON2_DATASETS/imagenet/{{train,val}} (now "
+            f"{datasets_root()!r}), point PRETRAIN.{key} at any ImageFolder root, or use "
+            "configs/pretrain/demo_shapes.yaml to pretrain on generated data.")
+    empty = [name for name in names if not _holds_an_image(os.path.join(root, name))]
+    if empty:
+        extensions = ", ".join(IMG_EXTENSIONS)
+        if len(empty) == len(names):
+            raise DatasetMissingError(f"PRETRAIN.{key}: the dataset at {root!r} is empty: none of its {len(names)} "
+                                      f"class folders holds an image ({extensions}).")
+        raise DatasetMissingError(
+            f"PRETRAIN.{key}: {len(empty)} of the {len(names)} class folders in {root!r} hold no image ({extensions}): "
+            f"{', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''}. Every class needs images.")
+    return names
+
+
 def check_image_folders(cfg):
     """Raise DatasetMissingError (short message, what to do) unless PRETRAIN.TRAIN_DIR and VAL_DIR are
-    ImageFolder roots whose class folders agree in number with MODEL.GE.NUM_CLASSES."""
-    classes = {}
-    for key in ("TRAIN_DIR", "VAL_DIR"):
-        root = resolve_dataset_dir(cfg.PRETRAIN[key])
-        names = sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root) else []
-        if not names:
-            raise DatasetMissingError(
-                f"PRETRAIN.{key}: no image folder at {root!r} (it must hold one sub-folder of images per "
-                f"class). Put ImageNet under $DETECTRON2_DATASETS/imagenet/{{train,val}} (now "
-                f"{datasets_root()!r}), point PRETRAIN.{key} at any ImageFolder root, or use "
-                "configs/pretrain/demo_shapes.yaml to pretrain on generated data.")
-        classes[key] = names
+    ImageFolder roots whose class folders all hold images and agree in number with MODEL.GE.NUM_CLASSES."""
+    classes = {key: class_folders(cfg, key) for key in ("TRAIN_DIR", "VAL_DIR")}
     if classes["TRAIN_DIR"] != classes["VAL_DIR"]:
         raise DatasetMissingError("PRETRAIN.TRAIN_DIR and PRETRAIN.VAL_DIR have different class folders "
                                   f"({len(classes['TRAIN_DIR'])} and {len(classes['VAL_DIR'])} classes).")
@@ -78,13 +115,50 @@ def build_eval_transform(cfg):
                                *_to_input_format(cfg)])
 
 
+class ReadableImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder over PRETRAIN.{key}, except that an image which cannot be read or decoded
+    (missing, truncated, not an image) is skipped with a warning that counts the skipped images (per data
+    loader worker). With ``replace`` (training) a randomly drawn other image takes its place, so batches
+    keep their size; without (evaluation) the item is None and ``collate_readable`` leaves it out.
+    A class folder without images is a DatasetMissingError."""
+
+    def __init__(self, cfg, key, transform, replace):
+        class_folders(cfg, key)  # a clear error where torchvision's would be a FileNotFoundError
+        super().__init__(resolve_dataset_dir(cfg.PRETRAIN[key]), transform)
+        self.replace = replace
+        self.skipped = 0
+
+    def __getitem__(self, index):
+        for _ in range(MAX_UNREADABLE_IN_A_ROW):
+            path, label = self.samples[index]
+            try:
+                image = self.loader(path)
+            except UNREADABLE_IMAGE_ERRORS as e:
+                self.skipped += 1
+                logger.warning(f"Skipped unreadable image {path!r} ({type(e).__name__}: {e}); {self.skipped} "
+                               "skipped so far in this data loader worker.")
+                if not self.replace:
+                    return None
+                index = random.randrange(len(self.samples))
+                continue
+            return self.transform(image), label
+        raise DatasetMissingError(f"{MAX_UNREADABLE_IN_A_ROW} images in a row could not be read from {self.root!r}: "
+                                  "check the files (the warnings above name them).")
+
+
+def collate_readable(batch, image_shape):
+    """default_collate of the readable items; a batch with none is an empty one of ``image_shape`` images."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return torch.empty(0, *image_shape, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    return default_collate(batch)
 
 
 def build_classification_train_loader(cfg):
     """Infinite loader over PRETRAIN.TRAIN_DIR, SOLVER.IMS_PER_BATCH images per step over all processes;
     each process reads its own shard of a shuffled stream (detectron2's TrainingSampler)."""
-    dataset = datasets.ImageFolder(resolve_dataset_dir(cfg.PRETRAIN.TRAIN_DIR), build_train_transform(cfg))
-    batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()  # divisibility: pretrain.launch.check_launch_args
+    dataset = ReadableImageFolder(cfg, "TRAIN_DIR", build_train_transform(cfg), replace=True)
+    batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()  # divisibility: ge_detectron.launch.check_launch_args
     sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
     return torch.utils.data.DataLoader(
         dataset,
@@ -96,12 +170,15 @@ def build_classification_train_loader(cfg):
 
 
 def build_classification_test_loader(cfg):
-    """One pass over PRETRAIN.VAL_DIR; each process reads a distinct part (no image twice)."""
-    dataset = datasets.ImageFolder(resolve_dataset_dir(cfg.PRETRAIN.VAL_DIR), build_eval_transform(cfg))
+    """One pass over PRETRAIN.VAL_DIR; each process reads a distinct part (no image twice). Unreadable
+    images are left out of their batches (which may then be empty)."""
+    dataset = ReadableImageFolder(cfg, "VAL_DIR", build_eval_transform(cfg), replace=False)
     batch = max(1, cfg.PRETRAIN.EVAL_IMS_PER_BATCH // comm.get_world_size())
+    crop = cfg.PRETRAIN.CROP_SIZE
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=torch.utils.data.BatchSampler(InferenceSampler(len(dataset)), batch, drop_last=False),
+        collate_fn=functools.partial(collate_readable, image_shape=(3, crop, crop)),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=cfg.MODEL.DEVICE.startswith("cuda"),
     )

@@ -7,6 +7,7 @@ partial overlaps. Images are written as JPEG files, annotations as COCO instance
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -79,14 +80,18 @@ def _make_image(rng, size, min_side, max_side):
 
 
 def generate_shapes_split(image_dir, json_path, num_images, seed, image_size=160, min_side=14, max_side=64):
-    """Write ``num_images`` JPEGs to ``image_dir`` and their COCO instances JSON to ``json_path``."""
+    """Write ``num_images`` JPEGs to ``image_dir`` and their COCO instances JSON to ``json_path``.
+
+    Both are written under temporary names and renamed, the JSON last, so that processes generating
+    the same split at once (every rank of a torchrun job) never read a half-written file."""
     rng = np.random.default_rng(seed)
-    os.makedirs(image_dir, exist_ok=True)
+    tmp_dir = f"{image_dir.rstrip(os.sep)}.tmp{os.getpid()}"
+    os.makedirs(tmp_dir, exist_ok=True)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
         image, boxes = _make_image(rng, image_size, min_side, max_side)
         file_name = f"{image_id:06d}.jpg"
-        image.save(os.path.join(image_dir, file_name), quality=92)
+        image.save(os.path.join(tmp_dir, file_name), quality=92)
         images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
         for (x0, y0, x1, y1), cls in boxes:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
@@ -97,6 +102,13 @@ def generate_shapes_split(image_dir, json_path, num_images, seed, image_size=160
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)],
     }
+    if os.path.isdir(image_dir):  # same seed, same bytes: an existing folder (another process's) is as good
+        shutil.rmtree(tmp_dir)
+    else:
+        try:
+            os.rename(tmp_dir, image_dir)
+        except OSError:  # another process renamed its copy first
+            shutil.rmtree(tmp_dir)
     tmp = f"{json_path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(coco, f)

@@ -128,7 +128,7 @@ class GatherExcite(nn.Module):
             raise ValueError(f"GatherExcite variant={variant!r} is invalid: allowed are "
                              f"{', '.join(repr(v) for v in VARIANTS if v != 'none')}.")
         extent = 0 if variant == "se" else check_extent(extent)
-        self.variant, self.extent = variant, extent
+        self.channels, self.variant, self.extent = channels, variant, extent
         if variant in ("theta_minus", "se"):
             self.gather = AverageGather(extent)
         else:
@@ -143,9 +143,24 @@ class GatherExcite(nn.Module):
             g = self.mlp(F.relu(g) if self.variant == "theta_plus" else g)
         return g
 
-    def forward(self, x, shortcut=None):
+    def check_inputs(self, x, shortcut=None):
+        """Raise ValueError, naming what is wrong, unless x is a floating-point (N, C, H, W) tensor of this
+        module's C channels and ``shortcut`` (if given) has x's shape, dtype and device."""
         if x.dim() != 4:
             raise ValueError(f"GatherExcite expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}.")
+        if x.shape[1] != self.channels:
+            raise ValueError(f"GatherExcite was built for {self.channels} channels, got x of shape {tuple(x.shape)}.")
+        if not x.is_floating_point():
+            raise ValueError(f"GatherExcite expects a floating-point x, got {x.dtype}.")
+        if shortcut is None:
+            return
+        for what, got, want in (("shape", tuple(shortcut.shape), tuple(x.shape)), ("dtype", shortcut.dtype, x.dtype),
+                                ("device", shortcut.device, x.device)):
+            if got != want:
+                raise ValueError(f"GatherExcite: shortcut must have x's {what} {want}, got {got}.")
+
+    def forward(self, x, shortcut=None):
+        self.check_inputs(x, shortcut)
         g = self.gather_logits(x)
         if shortcut is None:
             return excite_op.excite(x, g) if self.fused else excite_reference(x, g)

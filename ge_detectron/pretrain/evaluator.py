@@ -6,7 +6,8 @@ from detectron2.utils import comm
 class ClassificationEvaluator(DatasetEvaluator):
     """Counts hits of ``(images, labels)`` batches against their logits. ``evaluate`` returns
     ``{"classification": {"top1": %, "top5": %}}`` on every process (top-5 is top-k with k = the
-    number of classes when there are fewer than 5)."""
+    number of classes when there are fewer than 5), and keeps the number of images it counted over all
+    processes in ``count``."""
 
     def reset(self):
         self._top1 = self._top5 = self._count = 0
@@ -20,6 +21,8 @@ class ClassificationEvaluator(DatasetEvaluator):
 
     def evaluate(self):
         top1, top5, count = (sum(parts) for parts in zip(*comm.all_gather((self._top1, self._top5, self._count))))
+        self.count = count
         if count == 0:
-            raise RuntimeError("ClassificationEvaluator saw no images: is PRETRAIN.VAL_DIR empty?")
+            raise RuntimeError("ClassificationEvaluator saw no images: PRETRAIN.VAL_DIR is empty or none of its "
+                               "images could be read.")
         return {"classification": {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count}}

@@ -47,10 +47,16 @@ class PretrainTrainer(GETrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Top-1 / top-5 on PRETRAIN.VAL_DIR: ``{"classification": {"top1": %, "top5": %}}``."""
-        results = inference_on_dataset(model, cls.build_test_loader(cfg), evaluators or cls.build_evaluator(cfg))
+        """Top-1 / top-5 on PRETRAIN.VAL_DIR: ``{"classification": {"top1": %, "top5": %}}``. Images that
+        could not be read are left out, with a warning that counts them."""
+        loader, evaluator = cls.build_test_loader(cfg), evaluators or cls.build_evaluator(cfg)
+        results = inference_on_dataset(model, loader, evaluator)
         if comm.is_main_process():
-            logger.info(f"Evaluation on {cfg.PRETRAIN.VAL_DIR}:")
+            counted, total = getattr(evaluator, "count", None), len(loader.dataset)
+            if counted is not None and counted < total:
+                logger.warning(f"{total - counted} of the {total} images in {cfg.PRETRAIN.VAL_DIR} could not be "
+                               f"read: top-1 / top-5 are over the other {counted}.")
+            logger.info(f"Evaluation on {cfg.PRETRAIN.VAL_DIR}{'' if counted is None else f' ({counted} images)'}:")
             print_csv_format(results)
         return results
 
