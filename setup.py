@@ -9,6 +9,8 @@ extension and falls back to the pure-PyTorch reference.
 """
 import glob
 import os
+import re
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -19,9 +21,9 @@ CSRC = os.path.join("ge_detectron", "csrc")
 def get_extensions():
     """The ``ge_detectron._C`` extension: the excite operators' schemas and CPU kernels, plus their CUDA
     kernels when building with CUDA. FORCE_CUDA=1 requires them (CI: fail rather than build CPU-only;
-    no GPU is needed to compile them), FORCE_CUDA=0 never builds them, and unset it follows torch: CUDA when torch is a CUDA build and
-    a CUDA toolkit (nvcc) is found. The C++ standard is left to torch's cpp_extension (C++17 or C++20,
-    whichever the installed torch's headers need)."""
+    no GPU is needed to compile them), FORCE_CUDA=0 never builds them, and unset it follows torch:
+    CUDA when torch is a CUDA build and a CUDA toolkit (nvcc) is found. The C++ standard is left to
+    torch's cpp_extension (C++17 or C++20, whichever the installed torch's headers need)."""
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
     if not sources:
         return [], {}
@@ -48,12 +50,31 @@ def get_extensions():
             "ge_detectron._C",
             sources + sorted(glob.glob(os.path.join(CSRC, "*.cu"))),
             define_macros=[("WITH_CUDA", None)],
+            library_dirs=_cuda_runtime_library_dirs(CUDA_HOME),
             # No --use_fast_math: the kernels are memory-bound, and the nearest-index rule needs IEEE floats.
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
         )
     else:
         extension = CppExtension("ge_detectron._C", sources, extra_compile_args={"cxx": cxx_flags})
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=_has_ninja())}
+
+
+def _cuda_runtime_library_dirs(cuda_home):
+    """Where the linker finds libcudart when torch's CUDA_HOME is not the toolkit's root: torch derives it
+    from the nvcc on PATH, which may be a wrapper script (e.g. /usr/local/bin/nvcc, giving /usr/local).
+    nvcc itself reports its toolkit's library directories under -dryrun (which runs nothing, so the
+    source file named need not exist)."""
+    if cuda_home and any(glob.glob(os.path.join(cuda_home, sub, "libcudart.so*")) for sub in ("lib64", "lib")):
+        return []
+    nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else "nvcc"
+    try:
+        run = subprocess.run([nvcc, "-dryrun", "-c", "probe.cu"], capture_output=True, text=True, check=True)
+        report = run.stdout + run.stderr
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    line = next((ln for ln in report.splitlines() if ln.startswith("#$ LIBRARIES=")), "")
+    dirs = re.findall(r'-L"?([^"\s]+)"?', line)
+    return [os.path.normpath(d) for d in dirs if os.path.basename(os.path.normpath(d)) != "stubs"]
 
 
 def _has_ninja():

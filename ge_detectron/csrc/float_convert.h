@@ -26,7 +26,7 @@ inline float bfloat16_bits_to_float(uint16_t bits) {
 inline uint16_t float_to_bfloat16_bits(float f) {
   const uint32_t u = c10::bit_cast<uint32_t>(f);
   const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // ties to even; carries into the exponent
-  const uint32_t nan = mask_if((u & 0x7fffffffu) > 0x7f800000u);
+  const uint32_t nan = mask_if(static_cast<int32_t>(u & 0x7fffffffu) > 0x7f800000);
   return static_cast<uint16_t>((rounded & ~nan) | (0x7fc0u & nan));
 }
 
@@ -36,7 +36,8 @@ inline float half_bits_to_float(uint16_t bits) {
   // Normal: rebias the exponent (127 - 15); infinity / NaN (exponent 31): float's all-ones exponent.
   const uint32_t normal = (((exponent + 112u) << 23) | (mantissa << 13)) | (mask_if(exponent == 31u) & 0x7f800000u);
   // Zero / subnormal: mantissa * 2^-24, exact in float.
-  const uint32_t subnormal = c10::bit_cast<uint32_t>(static_cast<float>(mantissa) * c10::bit_cast<float>(0x33800000u));
+  const uint32_t subnormal =
+      c10::bit_cast<uint32_t>(static_cast<float>(static_cast<int32_t>(mantissa)) * c10::bit_cast<float>(0x33800000u));
   const uint32_t is_subnormal = mask_if(exponent == 0u);
   return c10::bit_cast<float>(sign | (subnormal & is_subnormal) | (normal & ~is_subnormal));
 }
@@ -44,14 +45,15 @@ inline float half_bits_to_float(uint16_t bits) {
 inline uint16_t float_to_half_bits(float f) {
   const uint32_t u = c10::bit_cast<uint32_t>(f);
   const uint32_t sign = (u >> 16) & 0x8000u, magnitude = u & 0x7fffffffu;
+  const int32_t m = static_cast<int32_t>(magnitude);  // compared signed: SIMD has signed compares
   // |f| >= 2^-14: drop 13 mantissa bits, ties to even, rebias the exponent; a carry out of the
   // mantissa bumps the exponent (up to infinity at 65520).
   const uint32_t normal = (magnitude - (112u << 23) + 0xfffu + ((magnitude >> 13) & 1u)) >> 13;
   // |f| < 2^-14: count 2^-24 units. Adding 0.5 (whose ulp is 2^-24) rounds to them, ties to even.
   const uint32_t subnormal = c10::bit_cast<uint32_t>(c10::bit_cast<float>(magnitude) + 0.5f) - 0x3f000000u;
-  const uint32_t is_subnormal = mask_if(magnitude < 0x38800000u);
-  const uint32_t is_infinite = mask_if(magnitude >= 0x47800000u);  // |f| >= 65536, or infinity
-  const uint32_t is_nan = mask_if(magnitude > 0x7f800000u);
+  const uint32_t is_subnormal = mask_if(m < 0x38800000);
+  const uint32_t is_infinite = mask_if(m >= 0x47800000);  // |f| >= 65536, or infinity
+  const uint32_t is_nan = mask_if(m > 0x7f800000);
   uint32_t h = (subnormal & is_subnormal) | (normal & ~is_subnormal);
   h = (h & ~is_infinite) | (0x7c00u & is_infinite);
   h = (h & ~is_nan) | (0x7e00u & is_nan);

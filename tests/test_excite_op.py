@@ -1,0 +1,282 @@
+"""The fused excite operators torch.ops.ge_detectron.* against the pure-PyTorch reference.
+
+Every test but the first skips when the extension is not built; the first fails then if
+GE_REQUIRE_EXTENSION=1 (CI). CUDA cases run where a GPU is present.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ge_detectron.layers import GatherExcite, excite_reference, excite_residual_reference
+from ge_detectron.layers import excite_op
+
+needs_extension = pytest.mark.skipif(not excite_op.is_available(), reason=excite_op.unavailable_reason())
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+OPS = torch.ops.ge_detectron if excite_op.is_available() else None
+
+# (x dtype, g dtype): g may be float32 under a float16/bfloat16 x (autocast).
+DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
+          (torch.float16, torch.float32), (torch.bfloat16, torch.float32)]
+DTYPE_IDS = ["f32", "f16", "bf16", "f16-gf32", "bf16-gf32"]
+# (H, W, extent): odd sizes, every extent; g has ceil(H / e) x ceil(W / e) cells, 1 x 1 when global (0).
+CASES = [(100, 100, 8), (7, 9, 0), (7, 9, 2), (13, 17, 4), (13, 17, 8), (13, 17, 16), (33, 20, 0), (33, 20, 2),
+         (40, 24, 16)]
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+# Forward against the reference run in the same dtypes, which rounds more often than the kernel (the
+# residual sum is rounded after the product): the tolerance is a few ulps of |x * gate| ~ 4.
+FORWARD_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: dict(rtol=2e-3, atol=4e-3),
+               torch.bfloat16: dict(rtol=1.6e-2, atol=3.2e-2)}
+# Backward against the reference's float64 gradients, rounded to the gradients' dtypes.
+BACKWARD_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=1e-3),
+                torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2)}
+
+
+def gate_size(size, extent):
+    return 1 if extent == 0 else -(-size // extent)
+
+
+def make_inputs(device, dtype, gdtype, H, W, extent, layout=torch.contiguous_format, N=2, C=20, seed=0):
+    """x, g, shortcut and a gradient for the output; C = 20 covers vector bodies and scalar tails."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = gate_size(H, extent), gate_size(W, extent)
+
+    def rand(*shape, dtype):
+        return (torch.randn(*shape, generator=gen) * 2).to(device=device, dtype=dtype)
+
+    x, shortcut, grad = (rand(N, C, H, W, dtype=dtype).contiguous(memory_format=layout) for _ in range(3))
+    g = rand(N, C, h, w, dtype=gdtype).contiguous(memory_format=layout)
+    return x, g, shortcut, grad
+
+
+def run(residual, x, g, shortcut):
+    return OPS.excite_residual(x, g, shortcut) if residual else OPS.excite(x, g)
+
+
+def reference(residual, x, g, shortcut):
+    return excite_residual_reference(x, g, shortcut) if residual else excite_reference(x, g)
+
+
+def test_extension_is_built():
+    if os.environ.get("GE_REQUIRE_EXTENSION") != "1":
+        pytest.skip("GE_REQUIRE_EXTENSION=1 requires the extension to be built")
+    assert excite_op.is_available(), excite_op.unavailable_reason()
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+def test_nearest_rule_is_pytorchs(device):
+    """H = 100 from h = 13 (extent 8): F.interpolate's floor(y * 13 / 100) differs from y // 8 on 18 rows."""
+    H, h = 100, 13
+    rows = F.interpolate(torch.arange(h, dtype=torch.float64).view(1, 1, h, 1), size=(H, 1), mode="nearest")
+    assert (rows.flatten().long() != torch.arange(H) // 8).sum() == 18
+    g = torch.randn(2, 3, h, 7, dtype=torch.float64, device=device) * 4
+    x = torch.ones(2, 3, H, 50, dtype=torch.float64, device=device)
+    expected = torch.sigmoid(F.interpolate(g, size=(H, 50), mode="nearest"))
+    torch.testing.assert_close(OPS.excite(x, g), expected, rtol=1e-15, atol=0)  # a wrong cell is off by far more
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtypes", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("residual", [False, True], ids=["excite", "residual"])
+def test_forward_matches_reference(device, layout, dtypes, residual):
+    for H, W, extent in CASES:
+        x, g, shortcut, _ = make_inputs(device, *dtypes, H, W, extent, layout)
+        out = run(residual, x, g, shortcut)
+        assert out.dtype == x.dtype and out.shape == x.shape
+        assert out.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(out, reference(residual, x, g, shortcut), **FORWARD_TOL[x.dtype],
+                                   msg=lambda m: f"H={H} W={W} extent={extent}: {m}")
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtypes", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("residual", [False, True], ids=["excite", "residual"])
+def test_backward_matches_reference(device, layout, dtypes, residual):
+    for H, W, extent in CASES:
+        x, g, shortcut, grad = make_inputs(device, *dtypes, H, W, extent, layout)
+        leaves = [t.detach().requires_grad_() for t in (x, g, shortcut)]
+        run(residual, *leaves).backward(grad)
+        ref_leaves = [t.detach().double().requires_grad_() for t in (x, g, shortcut)]
+        reference(residual, *ref_leaves).backward(grad.double())
+        for name, leaf, ref in zip(("x", "g", "shortcut"), leaves, ref_leaves):
+            if not residual and name == "shortcut":
+                assert leaf.grad is None
+                continue
+            assert leaf.grad.dtype == leaf.dtype
+            torch.testing.assert_close(leaf.grad, ref.grad.to(leaf.dtype), **BACKWARD_TOL[leaf.dtype],
+                                       msg=lambda m: f"grad_{name}, H={H} W={W} extent={extent}: {m}")
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("residual", [False, True], ids=["excite", "residual"])
+def test_gradcheck(device, residual):
+    for H, W, extent, layout in [(5, 7, 0, torch.contiguous_format), (5, 7, 2, torch.channels_last),
+                                 (9, 6, 4, torch.contiguous_format), (4, 4, 2, torch.contiguous_format)]:
+        inputs = [t.requires_grad_() for t in make_inputs(device, torch.float64, torch.float64, H, W, extent,
+                                                          layout, C=3)[:3]]
+        fn = (lambda x, g, s: OPS.excite_residual(x, g, s)) if residual else (lambda x, g, s: OPS.excite(x, g))
+        assert torch.autograd.gradcheck(fn, inputs)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtypes", [DTYPES[0], DTYPES[3]], ids=["f32", "f16-gf32"])
+def test_opcheck(device, layout, dtypes):
+    x, g, shortcut, grad = make_inputs(device, *dtypes, 13, 17, 4, layout, C=4)
+    out = OPS.excite_residual(x, g, shortcut)
+    grad_inputs = [t.detach().requires_grad_() for t in (x, g, shortcut)]
+    cases = [(OPS.excite.default, (grad_inputs[0], grad_inputs[1])),
+             (OPS.excite_residual.default, tuple(grad_inputs)),
+             (OPS.excite_backward.default, (grad, x, g)),
+             (OPS.excite_residual_backward.default, (grad, out, x, g))]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+def test_noncontiguous_inputs(device):
+    x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, 26, 34, 4, C=6)
+    x, shortcut, grad = x[:, :, ::2, 1:], shortcut[:, :, 1::2, :-1], grad[:, :, ::2, :-1]
+    g = g.transpose(2, 3).contiguous().transpose(2, 3)[:, :, :, 1:]  # a strided 7 x 8 gate for 13 x 33
+    torch.testing.assert_close(OPS.excite_residual(x, g, shortcut), excite_residual_reference(x, g, shortcut))
+    grad_x, grad_g = OPS.excite_backward(grad, x, g)
+    xr, gr = x.detach().requires_grad_(), g.detach().requires_grad_()
+    excite_reference(xr, gr).backward(grad)
+    torch.testing.assert_close(grad_x, xr.grad)
+    torch.testing.assert_close(grad_g, gr.grad)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_backward_is_deterministic(device, layout):
+    if device == "cuda" and layout == torch.channels_last:
+        pytest.skip("the channels_last CUDA backward sums with atomics")
+    x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, 100, 100, 8, layout, C=8)
+    out = OPS.excite_residual(x, g, shortcut)
+    first = OPS.excite_residual_backward(grad, out, x, g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        second = OPS.excite_residual_backward(grad, out, x, g)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@needs_extension
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_channels_last_cuda_backward_is_flagged_nondeterministic():
+    x, g, shortcut, grad = make_inputs("cuda", torch.float32, torch.float32, 13, 17, 4, torch.channels_last, C=8)
+    out = OPS.excite_residual(x, g, shortcut)
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="does not have a deterministic implementation"):
+            OPS.excite_residual_backward(grad, out, x, g)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant, extent", [("theta_minus", 8), ("theta", 0), ("theta_plus", 2)])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_module_fused_matches_reference(device, variant, extent, layout):
+    torch.manual_seed(0)
+    modules = {fused: GatherExcite(16, variant=variant, extent=extent, norm="BN", global_kernel=7, fused=fused)
+               for fused in ("on", "off")}
+    modules["off"].load_state_dict(modules["on"].state_dict())
+    # float64: the global theta gather normalises 2 values per channel (BN over N = 2 cells), which would
+    # amplify float32 rounding differences in the parameter gradients.
+    x, _, shortcut, grad = make_inputs(device, torch.float64, torch.float64, 25, 19, extent, layout, C=16)
+    results = {}
+    for fused, module in modules.items():
+        module.to(device, torch.float64).train()
+        leaves = [t.detach().requires_grad_() for t in (x, shortcut)]
+        out = module(*leaves)
+        out.backward(grad)
+        results[fused] = [out, *(t.grad for t in leaves), *(p.grad for p in module.parameters())]
+    for on, off in zip(results["on"], results["off"]):
+        torch.testing.assert_close(on, off, rtol=1e-10, atol=1e-12)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_without_graph_break(device):
+    torch._dynamo.reset()
+    x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, 13, 17, 4, C=4)
+
+    def fn(x, g, shortcut):
+        return excite_op.excite_residual(x, g, shortcut) + excite_op.excite(x, g)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    results = []
+    for f in (compiled, fn):
+        leaves = [t.detach().requires_grad_() for t in (x, g, shortcut)]
+        out = f(*leaves)
+        out.backward(grad)
+        results.append([out, *(t.grad for t in leaves)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+def test_jit_trace_matches_eager(device):
+    module = GatherExcite(8, variant="theta_minus", extent=4, fused="on").to(device)
+    x, _, shortcut, _ = make_inputs(device, torch.float32, torch.float32, 13, 17, 4, C=8)
+    traced = torch.jit.trace(module, (x, shortcut))
+    assert "ge_detectron::excite_residual" in str(traced.graph)
+    x2, _, shortcut2, _ = make_inputs(device, torch.float32, torch.float32, 13, 17, 4, C=8, seed=1)
+    torch.testing.assert_close(traced(x2, shortcut2), module(x2, shortcut2), rtol=0, atol=0)
+
+
+@needs_extension
+def test_error_on_shape_mismatch():
+    x, g, shortcut, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
+    with pytest.raises(RuntimeError, match=r"g must have shape \(N, C, h, w\).*\[2, 20, 13, 17\].*\[2, 19, 4, 5\]"):
+        OPS.excite(x, g[:, 1:])
+    with pytest.raises(RuntimeError, match=r"1 <= h <= H.*got g of shape \[2, 20, 14, 5\]"):
+        OPS.excite(x, torch.zeros(2, 20, 14, 5))
+    with pytest.raises(RuntimeError, match=r"shortcut must have x's shape \[2, 20, 13, 17\], but got \[2, 20, 13, 1"):
+        OPS.excite_residual(x, g, shortcut[..., 1:])
+
+
+@needs_extension
+def test_error_on_dtype_mismatch():
+    x, g, shortcut, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
+    with pytest.raises(RuntimeError, match=r"g must have x's dtype \(Float\), but got Half"):
+        OPS.excite(x, g.half())
+    with pytest.raises(RuntimeError, match=r"x must be float32, float64, float16 or bfloat16, but got Int"):
+        OPS.excite(x.int(), g)
+    with pytest.raises(RuntimeError, match=r"shortcut must have x's dtype \(Float\), but got Double"):
+        OPS.excite_residual(x, g, shortcut.double())
+
+
+@needs_extension
+def test_error_on_device_mismatch():
+    x, g, shortcut, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
+    other = "cuda" if torch.cuda.is_available() else "meta"  # meta: the fake kernels check too
+    with pytest.raises(RuntimeError, match=rf"x and g must be on the same device, but x is on cpu and g is on {other}"):
+        OPS.excite(x, g.to(other))
+    with pytest.raises(RuntimeError, match=rf"shortcut must be on x's device \({other}.*\), but is on cpu"):
+        OPS.excite_residual(x.to(other), g.to(other), shortcut)
+
+
+@needs_extension
+def test_error_on_rank_mismatch():
+    x, g, _, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
+    with pytest.raises(RuntimeError, match=r"x must be a 4-D \(N, C, H, W\) tensor, but got a 3-D tensor of shape"):
+        OPS.excite(x[0], g)
+    with pytest.raises(RuntimeError, match=r"g must be a 4-D \(N, C, h, w\) tensor, but got a 2-D tensor"):
+        OPS.excite(x, g[0, 0])
