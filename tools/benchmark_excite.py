@@ -202,7 +202,7 @@ def main():
     if args.compile:
         impls["compiled"] = torch.compile(eager)
     impls["fused"] = fused
-    name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     print(f"{name} | torch {torch.__version__} | {args.op} | threads {torch.get_num_threads()} | "
           f"copy {copy_gbps:.1f} GB/s | median of {args.runs} runs | "
           f"glibc keeps freed memory: {args.keep_freed_memory}")
@@ -264,7 +264,7 @@ def _summary(results):
               f"   (fwd+bwd min {min(s['both'] for s in speedups):.2f}x)")
 
 
-def _cpu_name():
+def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))

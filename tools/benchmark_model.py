@@ -32,6 +32,8 @@ from detectron2.utils.events import EventStorage
 from ge_detectron import add_ge_config
 from ge_detectron.layers import excite_op
 
+from benchmark_excite import cpu_name  # tools/ is on sys.path when this script runs
+
 # name, MODEL.GE.VARIANT, MODEL.GE.FUSED
 MODELS = [("R50", "none", "off"), ("GE-θ⁻ reference", "theta_minus", "off"), ("GE-θ⁻ fused", "theta_minus", "on"),
           ("GE-θ reference", "theta", "off"), ("GE-θ fused", "theta", "on")]
@@ -145,7 +147,7 @@ def main():
     if len(models) < len(MODELS):
         print(f"the fused operator is not built ({excite_op.unavailable_reason()}): fused models skipped")
     batch = synthetic_batch(args)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     print(f"{device_name} | torch {torch.__version__} | {args.batch} x {args.image} | AMP {args.amp} | "
           f"threads {torch.get_num_threads()} | GE extent {args.extent} in {', '.join(args.stages)} | "
           f"median of {args.iters} steps, the models taking turns")
@@ -170,14 +172,6 @@ def main():
         json.dump({"device": device_name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
                    "threads": torch.get_num_threads(), "args": vars(args), "results": rows}, f, indent=1)
     print(f"wrote {path}")
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "CPU"
 
 
 if __name__ == "__main__":
