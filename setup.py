@@ -3,7 +3,8 @@
 Install into an environment that has torch, torchvision and detectron2:
     pip install --no-build-isolation -e .
 The fused excite operator (ge_detectron/csrc) is compiled for the CPU always, and with its CUDA
-kernels when a CUDA toolkit is found or FORCE_CUDA=1 (TORCH_CUDA_ARCH_LIST, default "8.0;9.0").
+kernels when a CUDA toolkit is found or FORCE_CUDA=1 (TORCH_CUDA_ARCH_LIST, default "8.0;9.0");
+FORCE_CUDA=0 builds the CPU kernels only.
 Without torch at build time (pip's default build isolation) the package installs without the
 extension and falls back to the pure-PyTorch reference.
 """
