@@ -37,7 +37,12 @@ def get_extensions():
               "--no-build-isolation -e .` to build it.", file=sys.stderr)
         return [], {}
 
-    cxx_flags = ["-O3"]
+    cxx_flags, link_flags = ["-O3"], []
+    if _torch_uses_openmp(torch):
+        # at::parallel_for is a header template: without -fopenmp it compiles to a serial loop. The
+        # extension then links the libgomp.so.1 that torch has already loaded (same soname): one runtime.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     force_cuda = os.environ.get("FORCE_CUDA", "")
     if force_cuda not in ("", "0", "1"):
         raise ValueError(f"FORCE_CUDA={force_cuda!r}: use 1 (build the CUDA kernels), 0 (do not) or leave it unset.")
@@ -54,10 +59,17 @@ def get_extensions():
             library_dirs=_cuda_runtime_library_dirs(CUDA_HOME),
             # No --use_fast_math: the kernels are memory-bound, and the nearest-index rule needs IEEE floats.
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+            extra_link_args=link_flags,
         )
     else:
-        extension = CppExtension("ge_detectron._C", sources, extra_compile_args={"cxx": cxx_flags})
+        extension = CppExtension("ge_detectron._C", sources, extra_compile_args={"cxx": cxx_flags},
+                                 extra_link_args=link_flags)
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=_has_ninja())}
+
+
+def _torch_uses_openmp(torch):
+    """Whether torch's intra-op parallelism is OpenMP (as in the Linux wheels), on Linux (GCC's -fopenmp)."""
+    return sys.platform.startswith("linux") and "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 def _cuda_runtime_library_dirs(cuda_home):

@@ -4,6 +4,7 @@ Every test but the first skips when the extension is not built; the first fails 
 GE_REQUIRE_EXTENSION=1 (CI). CUDA cases run where a GPU is present.
 """
 import os
+import warnings
 
 import pytest
 import torch
@@ -21,8 +22,10 @@ DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch
           (torch.float16, torch.float32), (torch.bfloat16, torch.float32)]
 DTYPE_IDS = ["f32", "f16", "bf16", "f16-gf32", "bf16-gf32"]
 # (H, W, extent): odd sizes, every extent; g has ceil(H / e) x ceil(W / e) cells, 1 x 1 when global (0).
+# Gates one cell wide take the CPU kernels' uniform-row path: (37, 7, 8) with several gate rows, (45, 50, 0)
+# with a plane longer than that path's 1024-element accumulator.
 CASES = [(100, 100, 8), (7, 9, 0), (7, 9, 2), (13, 17, 4), (13, 17, 8), (13, 17, 16), (33, 20, 0), (33, 20, 2),
-         (40, 24, 16)]
+         (40, 24, 16), (37, 7, 8), (45, 50, 0)]
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 # Forward against the reference run in the same dtypes, which rounds more often than the kernel (the
 # residual sum is rounded after the product): the tolerance is a few ulps of |x * gate| ~ 4.
@@ -115,6 +118,24 @@ def test_backward_matches_reference(device, layout, dtypes, residual):
 
 @needs_extension
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_backward_of_long_bands_matches_reference(device, layout):
+    """Maps whose gate rows span more image rows than one CPU channels_last task takes (W x C = 4480
+    elements: 29 rows per task), so that a gate row's sums are added over several tasks: a global gate
+    (100 rows: 4 tasks) and two gate rows of 51 and 50 rows."""
+    for H, extent in ((100, 0), (101, 64)):
+        x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, H, 70, extent, layout, N=1, C=64)
+        leaves = [t.detach().requires_grad_() for t in (x, g, shortcut)]
+        OPS.excite_residual(*leaves).backward(grad)
+        ref_leaves = [t.detach().double().requires_grad_() for t in (x, g, shortcut)]
+        excite_residual_reference(*ref_leaves).backward(grad.double())
+        for name, leaf, ref in zip(("x", "g", "shortcut"), leaves, ref_leaves):
+            torch.testing.assert_close(leaf.grad, ref.grad.float(), **BACKWARD_TOL[torch.float32],
+                                       msg=lambda m: f"grad_{name}, H={H} extent={extent}: {m}")
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("residual", [False, True], ids=["excite", "residual"])
 def test_gradcheck(device, residual):
     for H, W, extent, layout in [(5, 7, 0, torch.contiguous_format), (5, 7, 2, torch.channels_last),
@@ -159,19 +180,36 @@ def test_noncontiguous_inputs(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
 def test_backward_is_deterministic(device, layout):
+    """Bitwise equal gradients whatever the number of threads (on CPU the tasks' split changes with it):
+    extent 8, a global gate on a large plane, and small planes with a global gate (grouped per span)."""
     if device == "cuda" and layout == torch.channels_last:
         pytest.skip("the channels_last CUDA backward sums with atomics")
-    x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, 100, 100, 8, layout, C=8)
-    out = OPS.excite_residual(x, g, shortcut)
-    first = OPS.excite_residual_backward(grad, out, x, g)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        second = OPS.excite_residual_backward(grad, out, x, g)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    for H, W, extent, C in ((100, 100, 8, 8), (45, 50, 0, 8), (7, 7, 0, 64)):
+        x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, H, W, extent, layout, C=C)
+        out = OPS.excite_residual(x, g, shortcut)
+        threads = torch.get_num_threads()
+        try:
+            grads = []
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                grads.append(OPS.excite_residual_backward(grad, out, x, g))
+        finally:
+            torch.set_num_threads(threads)
+        for other in grads[1:]:
+            for a, b in zip(grads[0], other):
+                assert torch.equal(a, b), f"H={H} W={W} extent={extent}"
+
+
+@needs_extension
+@pytest.mark.skipif("ATen parallel backend: OpenMP" not in torch.__config__.parallel_info(),
+                    reason="torch does not parallelise with OpenMP")
+def test_cpu_kernels_run_in_parallel():
+    """at::parallel_for is a header template: built without -fopenmp it silently compiles to a serial
+    loop. Built with it, the extension calls libgomp's GOMP_parallel."""
+    import ge_detectron._C
+
+    with open(ge_detectron._C.__file__, "rb") as so:
+        assert b"GOMP_parallel" in so.read()
 
 
 @needs_extension
@@ -235,10 +273,13 @@ def test_torch_compile_without_graph_break(device):
 def test_jit_trace_matches_eager(device):
     module = GatherExcite(8, variant="theta_minus", extent=4, fused="on").to(device)
     x, _, shortcut, _ = make_inputs(device, torch.float32, torch.float32, 13, 17, 4, C=8)
-    traced = torch.jit.trace(module, (x, shortcut))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # nothing of the example's sizes frozen in
+        traced = torch.jit.trace(module, (x, shortcut))
     assert "ge_detectron::excite_residual" in str(traced.graph)
-    x2, _, shortcut2, _ = make_inputs(device, torch.float32, torch.float32, 13, 17, 4, C=8, seed=1)
-    torch.testing.assert_close(traced(x2, shortcut2), module(x2, shortcut2), rtol=0, atol=0)
+    for H, W in ((13, 17), (21, 10)):
+        x2, _, shortcut2, _ = make_inputs(device, torch.float32, torch.float32, H, W, 4, C=8, seed=1)
+        torch.testing.assert_close(traced(x2, shortcut2), module(x2, shortcut2), rtol=0, atol=0)
 
 
 @needs_extension

@@ -46,10 +46,24 @@ inline double keep_or_zero(bool keep, double v) {
   return c10::bit_cast<double>(c10::bit_cast<uint64_t>(v) & (uint64_t{0} - static_cast<uint64_t>(keep)));
 }
 
+// The gate of a span: an array with one value per element, or one value for all (a gate row of width 1).
+template <typename A>
+struct GateArray {
+  const A* __restrict__ values;
+  A operator[](int64_t k) const { return values[k]; }
+  GateArray advanced(int64_t k) const { return {values + k}; }
+};
+template <typename A>
+struct GateScalar {
+  A value;
+  A operator[](int64_t) const { return value; }
+  GateScalar advanced(int64_t) const { return *this; }
+};
+
 // out = x * gate, or relu(x * gate + shortcut), over n consecutive elements.
-template <typename T, bool RESIDUAL>
-GE_SIMD_CLONES void excite_span(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ shortcut,
-                                const acc_type<T>* __restrict__ gate, int64_t n) {
+template <typename T, bool RESIDUAL, typename Gate>
+GE_SIMD_CLONES void excite_span_loop(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ shortcut,
+                                     Gate gate, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
     acc_type<T> y = to_opmath(x[k]) * gate[k];
     if constexpr (RESIDUAL) {
@@ -60,13 +74,13 @@ GE_SIMD_CLONES void excite_span(T* __restrict__ out, const T* __restrict__ x, co
   }
 }
 
-// Backward of excite_span over n elements: with m = grad_out (RESIDUAL: grad_out where out > 0, else 0,
-// which is also grad_shortcut), grad_x = m * gate and acc += m * x.
-template <typename T, bool RESIDUAL>
-GE_SIMD_CLONES void excite_backward_span(T* __restrict__ grad_x, T* __restrict__ grad_shortcut,
-                                         const T* __restrict__ grad_out, const T* __restrict__ out,
-                                         const T* __restrict__ x, const acc_type<T>* __restrict__ gate,
-                                         acc_type<T>* __restrict__ acc, int64_t n) {
+// Backward of excite_span_loop over n elements: with m = grad_out (RESIDUAL: grad_out where out > 0, else
+// 0, which is also grad_shortcut), grad_x = m * gate and acc += m * x.
+template <typename T, bool RESIDUAL, typename Gate>
+GE_SIMD_CLONES void excite_backward_span_loop(T* __restrict__ grad_x, T* __restrict__ grad_shortcut,
+                                              const T* __restrict__ grad_out, const T* __restrict__ out,
+                                              const T* __restrict__ x, Gate gate, acc_type<T>* __restrict__ acc,
+                                              int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
     acc_type<T> m = to_opmath(grad_out[k]);
     if constexpr (RESIDUAL) {
@@ -76,6 +90,62 @@ GE_SIMD_CLONES void excite_backward_span(T* __restrict__ grad_x, T* __restrict__
     grad_x[k] = from_opmath<T>(m * gate[k]);
     acc[k] += m * to_opmath(x[k]);
   }
+}
+
+#ifdef GE_HAVE_F16C
+// float16 where the CPU has F16C: blocks of kHalfBlock elements are converted to float (one instruction
+// per 8 values), run through the float loop and converted back. The results are the same as the float16
+// loop's, whose portable conversions cost about 15 instructions per 8 values and made float16 the
+// slowest dtype by far (slower than eager ATen, which uses F16C).
+constexpr int64_t kHalfBlock = 256;
+
+template <bool RESIDUAL, typename Gate>
+void excite_span_f16c(c10::Half* out, const c10::Half* x, const c10::Half* shortcut, Gate gate, int64_t n) {
+  float xf[kHalfBlock], sf[kHalfBlock], of[kHalfBlock];
+  for (int64_t k = 0; k < n; k += kHalfBlock) {
+    const int64_t m = std::min(kHalfBlock, n - k);
+    half_to_float_f16c(xf, x + k, m);
+    if constexpr (RESIDUAL) half_to_float_f16c(sf, shortcut + k, m);
+    excite_span_loop<float, RESIDUAL>(of, xf, sf, gate.advanced(k), m);
+    float_to_half_f16c(out + k, of, m);
+  }
+}
+
+template <bool RESIDUAL, typename Gate>
+void excite_backward_span_f16c(c10::Half* grad_x, c10::Half* grad_shortcut, const c10::Half* grad_out,
+                               const c10::Half* out, const c10::Half* x, Gate gate, float* acc, int64_t n) {
+  float gof[kHalfBlock], of[kHalfBlock], xf[kHalfBlock], gxf[kHalfBlock], gsf[kHalfBlock];
+  for (int64_t k = 0; k < n; k += kHalfBlock) {
+    const int64_t m = std::min(kHalfBlock, n - k);
+    half_to_float_f16c(gof, grad_out + k, m);
+    if constexpr (RESIDUAL) half_to_float_f16c(of, out + k, m);
+    half_to_float_f16c(xf, x + k, m);
+    excite_backward_span_loop<float, RESIDUAL>(gxf, gsf, gof, of, xf, gate.advanced(k), acc + k, m);
+    float_to_half_f16c(grad_x + k, gxf, m);
+    if constexpr (RESIDUAL) float_to_half_f16c(grad_shortcut + k, gsf, m);
+  }
+}
+#endif
+
+template <typename T, bool RESIDUAL, typename Gate>
+void excite_span(T* out, const T* x, const T* shortcut, Gate gate, int64_t n) {
+#ifdef GE_HAVE_F16C
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    if (has_f16c()) return excite_span_f16c<RESIDUAL>(out, x, shortcut, gate, n);
+  }
+#endif
+  excite_span_loop<T, RESIDUAL>(out, x, shortcut, gate, n);
+}
+
+template <typename T, bool RESIDUAL, typename Gate>
+void excite_backward_span(T* grad_x, T* grad_shortcut, const T* grad_out, const T* out, const T* x, Gate gate,
+                          acc_type<T>* acc, int64_t n) {
+#ifdef GE_HAVE_F16C
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    if (has_f16c()) return excite_backward_span_f16c<RESIDUAL>(grad_x, grad_shortcut, grad_out, out, x, gate, acc, n);
+  }
+#endif
+  excite_backward_span_loop<T, RESIDUAL>(grad_x, grad_shortcut, grad_out, out, x, gate, acc, n);
 }
 
 // dst = src over n elements (a loop the compiler vectorises inline, unlike a call to memcpy for a short row).
@@ -158,9 +228,64 @@ void expand_gate_rows(const Geometry& geo, const Strided4d<const G>& g, int64_t 
   for (int64_t r = 1; r < rows; ++r) copy_to(gate + r * geo.W, gate, geo.W);
 }
 
+// NCHW with a gate row of width 1 (global gates, and extents at least as wide as the map): a band is
+// contiguous and has one gate value, so it is a span with a scalar gate. Small planes with a global gate
+// (the 7x7 maps of the C4 head: 49 elements each) are grouped instead, up to kUniformChunk elements per
+// span with the gate expanded over the group, so that the per-span cost is not paid every 49 elements.
+constexpr int64_t kUniformChunk = 1024;
+
+// Planes per span of the uniform NCHW path: 1 (a span per band) unless the gate is one value per plane.
+int64_t planes_per_span(const Geometry& geo) {
+  return geo.h == 1 ? std::max<int64_t>(1, kUniformChunk / (geo.H * geo.W)) : 1;
+}
+
+// The sigmoid of gate row (nc, i)'s one value (a gate of width 1).
+template <typename acc_t, typename G>
+acc_t band_sigmoid(const Geometry& geo, const Strided4d<const G>& g, int64_t nc, int64_t i) {
+  return gate_sigmoid<acc_t>(g(nc / geo.C, nc % geo.C, i, 0));
+}
+
+// sig[p - p0] = the sigmoid of plane p's one gate value for p in [p0, p1), and gate = each repeated over its plane.
+template <typename acc_t, typename G>
+void expand_plane_gates(const Geometry& geo, const Strided4d<const G>& g, int64_t p0, int64_t p1, acc_t* sig,
+                        acc_t* gate) {
+  const int64_t plane = geo.H * geo.W;
+  for (int64_t p = p0; p < p1; ++p) {
+    sig[p - p0] = band_sigmoid<acc_t>(geo, g, p, 0);
+    std::fill_n(gate + (p - p0) * plane, plane, sig[p - p0]);
+  }
+}
+
+template <typename T, typename G, bool RESIDUAL>
+void forward_nchw_uniform(const Geometry& geo, const T* x, const Strided4d<const G>& g, const T* shortcut, T* out) {
+  using acc_t = acc_type<T>;
+  const int64_t group = planes_per_span(geo), plane = geo.H * geo.W;
+  const auto span = [&](int64_t off, auto gate, int64_t n) {
+    excite_span<T, RESIDUAL>(out + off, x + off, RESIDUAL ? shortcut + off : nullptr, gate, n);
+  };
+  if (group > 1) {
+    at::parallel_for(0, geo.N * geo.C, grain(plane), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sig(group), gate(group * plane);
+      for (int64_t p0 = begin; p0 < end; p0 += group) {
+        const int64_t p1 = std::min(p0 + group, end);
+        expand_plane_gates(geo, g, p0, p1, sig.data(), gate.data());
+        span(p0 * plane, GateArray<acc_t>{gate.data()}, (p1 - p0) * plane);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, geo.N * geo.C * geo.h, grain(plane / geo.h), [&](int64_t begin, int64_t end) {
+    for (int64_t band = begin; band < end; ++band) {
+      const int64_t nc = band / geo.h, i = band % geo.h, y0 = geo.row_first[i], y1 = geo.row_first[i + 1];
+      span((nc * geo.H + y0) * geo.W, GateScalar<acc_t>{band_sigmoid<acc_t>(geo, g, nc, i)}, (y1 - y0) * geo.W);
+    }
+  });
+}
+
 template <typename T, typename G, bool RESIDUAL>
 void forward_nchw(const Geometry& geo, const T* x, const Strided4d<const G>& g, const T* shortcut, T* out) {
   using acc_t = acc_type<T>;
+  if (geo.w == 1) return forward_nchw_uniform<T, G, RESIDUAL>(geo, x, g, shortcut, out);
   const int64_t H = geo.H, W = geo.W, chunk = chunk_rows(W);
   at::parallel_for(0, geo.N * geo.C * geo.h, grain(H * W / geo.h), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sig(geo.w), gate(chunk * W);
@@ -169,7 +294,8 @@ void forward_nchw(const Geometry& geo, const T* x, const Strided4d<const G>& g, 
       expand_gate_rows(geo, g, nc, i, std::min(chunk, y1 - y0), sig.data(), gate.data());
       for (int64_t y = y0; y < y1; y += chunk) {
         const int64_t off = (nc * H + y) * W, n = std::min(chunk, y1 - y) * W;
-        excite_span<T, RESIDUAL>(out + off, x + off, RESIDUAL ? shortcut + off : nullptr, gate.data(), n);
+        excite_span<T, RESIDUAL>(out + off, x + off, RESIDUAL ? shortcut + off : nullptr,
+                                 GateArray<acc_t>{gate.data()}, n);
       }
     }
   });
@@ -193,8 +319,50 @@ void forward_channels_last(const Geometry& geo, const T* x, const Strided4d<cons
       for (int64_t col = 0; col < W; ++col) {
         const int64_t off = (r * W + col) * C;
         excite_span<T, RESIDUAL>(out + off, x + off, RESIDUAL ? shortcut + off : nullptr,
-                                 gate.data() + geo.src_col[col] * C, C);
+                                 GateArray<acc_t>{gate.data() + geo.src_col[col] * C}, C);
       }
+    }
+  });
+}
+
+// Backward of forward_nchw_uniform, by the same spans. grad * x is summed per element of a group of
+// planes, then per plane; a band is summed per position of a kUniformChunk-element chunk over its chunks,
+// then over the chunk. The order is fixed by the shapes.
+template <typename T, typename G, bool RESIDUAL>
+void backward_nchw_uniform(const Geometry& geo, const T* grad_out, const T* out, const T* x,
+                           const Strided4d<const G>& g, T* grad_x, T* grad_shortcut, const Strided4d<G>& grad_g) {
+  using acc_t = acc_type<T>;
+  const int64_t group = planes_per_span(geo), plane = geo.H * geo.W;
+  const auto span = [&](int64_t off, auto gate, acc_t* acc, int64_t n) {
+    excite_backward_span<T, RESIDUAL>(grad_x + off, RESIDUAL ? grad_shortcut + off : nullptr, grad_out + off,
+                                      RESIDUAL ? out + off : nullptr, x + off, gate, acc, n);
+  };
+  const auto set_grad = [&](int64_t nc, int64_t i, acc_t sum, acc_t s) {
+    grad_g(nc / geo.C, nc % geo.C, i, 0) = from_opmath<G>(sum * s * (1 - s));
+  };
+  if (group > 1) {
+    at::parallel_for(0, geo.N * geo.C, grain(plane), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sig(group), gate(group * plane), acc(group * plane);
+      for (int64_t p0 = begin; p0 < end; p0 += group) {
+        const int64_t p1 = std::min(p0 + group, end);
+        expand_plane_gates(geo, g, p0, p1, sig.data(), gate.data());
+        std::fill_n(acc.data(), (p1 - p0) * plane, acc_t(0));
+        span(p0 * plane, GateArray<acc_t>{gate.data()}, acc.data(), (p1 - p0) * plane);
+        for (int64_t p = p0; p < p1; ++p) set_grad(p, 0, sum8(acc.data() + (p - p0) * plane, plane), sig[p - p0]);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, geo.N * geo.C * geo.h, grain(plane / geo.h), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(kUniformChunk);
+    for (int64_t band = begin; band < end; ++band) {
+      const int64_t nc = band / geo.h, i = band % geo.h, y0 = geo.row_first[i], y1 = geo.row_first[i + 1];
+      const int64_t off = (nc * geo.H + y0) * geo.W, size = (y1 - y0) * geo.W, used = std::min(kUniformChunk, size);
+      const acc_t s = band_sigmoid<acc_t>(geo, g, nc, i);
+      std::fill_n(acc.data(), used, acc_t(0));
+      for (int64_t k = 0; k < size; k += kUniformChunk)
+        span(off + k, GateScalar<acc_t>{s}, acc.data(), std::min(kUniformChunk, size - k));
+      set_grad(nc, i, sum8(acc.data(), used), s);
     }
   });
 }
@@ -205,6 +373,9 @@ template <typename T, typename G, bool RESIDUAL>
 void backward_nchw(const Geometry& geo, const T* grad_out, const T* out, const T* x, const Strided4d<const G>& g,
                    T* grad_x, T* grad_shortcut, const Strided4d<G>& grad_g) {
   using acc_t = acc_type<T>;
+  if (geo.w == 1) {
+    return backward_nchw_uniform<T, G, RESIDUAL>(geo, grad_out, out, x, g, grad_x, grad_shortcut, grad_g);
+  }
   const int64_t H = geo.H, W = geo.W, chunk = chunk_rows(W);
   at::parallel_for(0, geo.N * geo.C * geo.h, grain(H * W / geo.h), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sig(geo.w), gate(chunk * W), acc(chunk * W);
@@ -216,7 +387,8 @@ void backward_nchw(const Geometry& geo, const T* grad_out, const T* out, const T
       for (int64_t y = y0; y < y1; y += chunk) {
         const int64_t off = (nc * H + y) * W, n = std::min(chunk, y1 - y) * W;
         excite_backward_span<T, RESIDUAL>(grad_x + off, RESIDUAL ? grad_shortcut + off : nullptr, grad_out + off,
-                                          RESIDUAL ? out + off : nullptr, x + off, gate.data(), acc.data(), n);
+                                          RESIDUAL ? out + off : nullptr, x + off, GateArray<acc_t>{gate.data()},
+                                          acc.data(), n);
       }
       for (int64_t r = 1; r < rows; ++r) add_to(acc.data(), acc.data() + r * W, W);  // column sums in row 0
       for (int64_t j = 0; j < geo.w; ++j) {
@@ -227,40 +399,58 @@ void backward_nchw(const Geometry& geo, const T* grad_out, const T* out, const T
   });
 }
 
-// One task per (n, gate row, block of channels), accumulating the gate row's cells x channels.
+// Elements per task of the channels_last backward, about: whole image rows of W x C elements.
+constexpr int64_t kRowBlockElements = 131072;
+
+// channels_last backward. A task takes (n, gate row i, block of image rows) and sums grad * x per gate cell
+// and channel, per image row first and then over its rows (so float32 rounding grows with the rows and
+// columns, not their product), into its own slot of `partial`; a second pass adds each cell's blocks in
+// order. The blocks depend on the shape alone, so the sums do not depend on the number of threads.
+// (Splitting the channels among threads instead, as before, made two threads slower than one on a global
+// gate: each thread streamed half of every pixel.)
 template <typename T, typename G, bool RESIDUAL>
 void backward_channels_last(const Geometry& geo, const T* grad_out, const T* out, const T* x,
                             const Strided4d<const G>& g, T* grad_x, T* grad_shortcut, const Strided4d<G>& grad_g) {
   using acc_t = acc_type<T>;
-  const int64_t C = geo.C, H = geo.H, W = geo.W;
-  // Whole pixels (all C channels) per task when the (n, gate row) pairs give every thread work, else
-  // blocks of channels. The sums do not depend on the split: each channel of a cell is summed pixel by
-  // pixel, in order.
-  const int64_t splits = std::min((at::get_num_threads() + geo.N * geo.h - 1) / (geo.N * geo.h), (C + 15) / 16);
-  const int64_t block = std::min(C, (C / std::max<int64_t>(splits, 1) + 15) / 16 * 16);
-  const int64_t blocks = (C + block - 1) / block;
+  const int64_t C = geo.C, H = geo.H, W = geo.W, cells = geo.w * C;
+  int64_t band_rows = 1;
+  for (int64_t i = 0; i < geo.h; ++i) band_rows = std::max(band_rows, geo.row_first[i + 1] - geo.row_first[i]);
+  const int64_t block_rows = std::max<int64_t>(1, kRowBlockElements / (W * C));
+  const int64_t blocks = (band_rows + block_rows - 1) / block_rows;
+  const auto expand_gate = [&](int64_t n, int64_t i, acc_t* gate) {  // [j][c]
+    for (int64_t j = 0; j < geo.w; ++j)
+      for (int64_t c = 0; c < C; ++c) gate[j * C + c] = gate_sigmoid<acc_t>(g(n, c, i, j));
+  };
+  std::vector<acc_t> partial(geo.N * geo.h * blocks * cells);  // [n][i][block][j][c]
   at::parallel_for(0, geo.N * geo.h * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> gate(geo.w * block), acc(geo.w * block);  // [j][channel in block]
+    std::vector<acc_t> gate(cells), row_acc(cells);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t c0 = (t % blocks) * block, i = (t / blocks) % geo.h, n = t / blocks / geo.h;
-      const int64_t len = std::min(block, C - c0);
-      for (int64_t j = 0; j < geo.w; ++j)
-        for (int64_t c = 0; c < len; ++c) gate[j * len + c] = gate_sigmoid<acc_t>(g(n, c0 + c, i, j));
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t y = geo.row_first[i]; y < geo.row_first[i + 1]; ++y) {
+      const int64_t block = t % blocks, i = t / blocks % geo.h, n = t / blocks / geo.h;
+      const int64_t y0 = geo.row_first[i] + block * block_rows, y1 = std::min(geo.row_first[i + 1], y0 + block_rows);
+      acc_t* acc = partial.data() + t * cells;
+      std::fill_n(acc, cells, acc_t(0));
+      if (y0 >= y1) continue;  // a band shorter than the longest
+      expand_gate(n, i, gate.data());
+      for (int64_t y = y0; y < y1; ++y) {
+        std::fill(row_acc.begin(), row_acc.end(), acc_t(0));
         for (int64_t col = 0; col < W; ++col) {
-          const int64_t off = ((n * H + y) * W + col) * C + c0, cell = geo.src_col[col] * len;
+          const int64_t off = ((n * H + y) * W + col) * C, cell = geo.src_col[col] * C;
           excite_backward_span<T, RESIDUAL>(grad_x + off, RESIDUAL ? grad_shortcut + off : nullptr, grad_out + off,
-                                            RESIDUAL ? out + off : nullptr, x + off, gate.data() + cell,
-                                            acc.data() + cell, len);
+                                            RESIDUAL ? out + off : nullptr, x + off,
+                                            GateArray<acc_t>{gate.data() + cell}, row_acc.data() + cell, C);
         }
+        add_to(acc, row_acc.data(), cells);
       }
-      for (int64_t j = 0; j < geo.w; ++j) {
-        for (int64_t c = 0; c < len; ++c) {
-          const acc_t s = gate[j * len + c];
-          grad_g(n, c0 + c, i, j) = from_opmath<G>(acc[j * len + c] * s * (1 - s));
-        }
-      }
+    }
+  });
+  at::parallel_for(0, geo.N * geo.h, grain(blocks * cells), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> gate(cells);
+    for (int64_t nh = begin; nh < end; ++nh) {
+      acc_t* sum = partial.data() + nh * blocks * cells;
+      for (int64_t block = 1; block < blocks; ++block) add_to(sum, sum + block * cells, cells);
+      const int64_t n = nh / geo.h, i = nh % geo.h;
+      expand_gate(n, i, gate.data());
+      for (int64_t k = 0; k < cells; ++k) grad_g(n, k % C, i, k / C) = from_opmath<G>(sum[k] * gate[k] * (1 - gate[k]));
     }
   });
 }

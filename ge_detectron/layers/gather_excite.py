@@ -145,17 +145,22 @@ class GatherExcite(nn.Module):
 
     def check_inputs(self, x, shortcut=None):
         """Raise ValueError, naming what is wrong, unless x is a floating-point (N, C, H, W) tensor of this
-        module's C channels and ``shortcut`` (if given) has x's shape, dtype and device."""
+        module's C channels and ``shortcut`` (if given) has x's shape, dtype and device. Under
+        ``torch.jit.trace`` the sizes are traced values: comparing them would only warn and freeze the
+        traced example's sizes into the graph, so the size checks are left to the eager run and the ops."""
         if x.dim() != 4:
             raise ValueError(f"GatherExcite expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}.")
-        if x.shape[1] != self.channels:
+        sizes = not torch.jit.is_tracing()
+        if sizes and x.shape[1] != self.channels:
             raise ValueError(f"GatherExcite was built for {self.channels} channels, got x of shape {tuple(x.shape)}.")
         if not x.is_floating_point():
             raise ValueError(f"GatherExcite expects a floating-point x, got {x.dtype}.")
         if shortcut is None:
             return
-        for what, got, want in (("shape", tuple(shortcut.shape), tuple(x.shape)), ("dtype", shortcut.dtype, x.dtype),
-                                ("device", shortcut.device, x.device)):
+        checks = [("dtype", shortcut.dtype, x.dtype), ("device", shortcut.device, x.device)]
+        if sizes:
+            checks.insert(0, ("shape", tuple(shortcut.shape), tuple(x.shape)))
+        for what, got, want in checks:
             if got != want:
                 raise ValueError(f"GatherExcite: shortcut must have x's {what} {want}, got {got}.")
 
