@@ -219,11 +219,17 @@ int64_t chunk_rows(int64_t W) {
   return std::max<int64_t>(1, 1024 / std::max<int64_t>(1, W));
 }
 
+// The sigmoid of gate cell (i, j) of plane nc = n * C + c (NCHW kernels index planes).
+template <typename acc_t, typename G>
+acc_t cell_sigmoid(const Geometry& geo, const Strided4d<const G>& g, int64_t nc, int64_t i, int64_t j) {
+  return gate_sigmoid<acc_t>(g(nc / geo.C, nc % geo.C, i, j));
+}
+
 // sigmoid of gate row (n, c, i), expanded to W columns and repeated `rows` times; sig gets the w cells.
 template <typename acc_t, typename G>
 void expand_gate_rows(const Geometry& geo, const Strided4d<const G>& g, int64_t nc, int64_t i, int64_t rows,
                       acc_t* sig, acc_t* gate) {
-  for (int64_t j = 0; j < geo.w; ++j) sig[j] = gate_sigmoid<acc_t>(g(nc / geo.C, nc % geo.C, i, j));
+  for (int64_t j = 0; j < geo.w; ++j) sig[j] = cell_sigmoid<acc_t>(geo, g, nc, i, j);
   for (int64_t col = 0; col < geo.W; ++col) gate[col] = sig[geo.src_col[col]];
   for (int64_t r = 1; r < rows; ++r) copy_to(gate + r * geo.W, gate, geo.W);
 }
@@ -239,19 +245,13 @@ int64_t planes_per_span(const Geometry& geo) {
   return geo.h == 1 ? std::max<int64_t>(1, kUniformChunk / (geo.H * geo.W)) : 1;
 }
 
-// The sigmoid of gate row (nc, i)'s one value (a gate of width 1).
-template <typename acc_t, typename G>
-acc_t band_sigmoid(const Geometry& geo, const Strided4d<const G>& g, int64_t nc, int64_t i) {
-  return gate_sigmoid<acc_t>(g(nc / geo.C, nc % geo.C, i, 0));
-}
-
 // sig[p - p0] = the sigmoid of plane p's one gate value for p in [p0, p1), and gate = each repeated over its plane.
 template <typename acc_t, typename G>
 void expand_plane_gates(const Geometry& geo, const Strided4d<const G>& g, int64_t p0, int64_t p1, acc_t* sig,
                         acc_t* gate) {
   const int64_t plane = geo.H * geo.W;
   for (int64_t p = p0; p < p1; ++p) {
-    sig[p - p0] = band_sigmoid<acc_t>(geo, g, p, 0);
+    sig[p - p0] = cell_sigmoid<acc_t>(geo, g, p, 0, 0);
     std::fill_n(gate + (p - p0) * plane, plane, sig[p - p0]);
   }
 }
@@ -277,7 +277,7 @@ void forward_nchw_uniform(const Geometry& geo, const T* x, const Strided4d<const
   at::parallel_for(0, geo.N * geo.C * geo.h, grain(plane / geo.h), [&](int64_t begin, int64_t end) {
     for (int64_t band = begin; band < end; ++band) {
       const int64_t nc = band / geo.h, i = band % geo.h, y0 = geo.row_first[i], y1 = geo.row_first[i + 1];
-      span((nc * geo.H + y0) * geo.W, GateScalar<acc_t>{band_sigmoid<acc_t>(geo, g, nc, i)}, (y1 - y0) * geo.W);
+      span((nc * geo.H + y0) * geo.W, GateScalar<acc_t>{cell_sigmoid<acc_t>(geo, g, nc, i, 0)}, (y1 - y0) * geo.W);
     }
   });
 }
@@ -358,7 +358,7 @@ void backward_nchw_uniform(const Geometry& geo, const T* grad_out, const T* out,
     for (int64_t band = begin; band < end; ++band) {
       const int64_t nc = band / geo.h, i = band % geo.h, y0 = geo.row_first[i], y1 = geo.row_first[i + 1];
       const int64_t off = (nc * geo.H + y0) * geo.W, size = (y1 - y0) * geo.W, used = std::min(kUniformChunk, size);
-      const acc_t s = band_sigmoid<acc_t>(geo, g, nc, i);
+      const acc_t s = cell_sigmoid<acc_t>(geo, g, nc, i, 0);
       std::fill_n(acc.data(), used, acc_t(0));
       for (int64_t k = 0; k < size; k += kUniformChunk)
         span(off + k, GateScalar<acc_t>{s}, acc.data(), std::min(kUniformChunk, size - k));
