@@ -11,12 +11,12 @@ STAMP := $(VENV)/.ge_detectron_installed
 
 install: $(STAMP)
 
-$(STAMP): setup.py tools/install_detectron2.sh $(wildcard ge_detectron/csrc/*)
+$(STAMP): Makefile setup.py tools/install_detectron2.sh $(wildcard ge_detectron/csrc/*)
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel "setuptools<82" ninja
 	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_PINS)
 	PYTHON=$(PY) bash tools/install_detectron2.sh
-	$(PY) -m pip install -q fvcore pycocotools faster-coco-eval opencv-python-headless tabulate pytest hypothesis
+	$(PY) -m pip install -q fvcore pycocotools faster-coco-eval opencv-python-headless shapely tabulate pytest hypothesis
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	$(PY) -c "import ge_detectron, ge_detectron.layers.excite_op as op; print('ge_detectron', ge_detectron.__version__, '| fused excite op built:', op.is_available())"
 	@touch $@
