@@ -5,11 +5,13 @@
 test_extension_is_built fails if GE_REQUIRE_EXTENSION=1 (CI) and the extension is not built; the tests of
 the C++ kernels' own properties skip without it.
 """
+import collections
 import logging
 import os
 import re
 import warnings
 
+import detectron2.utils.logger
 import pytest
 import torch
 import torch.nn.functional as F
@@ -340,10 +342,11 @@ def test_meta_tensors_get_shapes_dtypes_and_layouts():
 
 
 @pytest.mark.parametrize("fused", ["auto", "on", "off"])
-def test_fused_mode_logs_the_path_that_runs(fused, caplog):
-    gather_excite._logged_paths.clear()
+def test_fused_mode_logs_the_path_that_runs(fused, caplog, monkeypatch):
+    monkeypatch.setattr(detectron2.utils.logger, "_LOG_COUNTER", collections.Counter())  # nothing logged yet
     with caplog.at_level(logging.INFO, logger=gather_excite.__name__):
         module = GatherExcite(8, variant="theta_minus", extent=4, fused=fused)
+        GatherExcite(16, variant="theta", extent=2, fused=fused)  # the same path: not logged again
     (line,) = [r.getMessage() for r in caplog.records if "excite path" in r.getMessage()]
     if fused == "off":
         assert module.fused == () and "the pure-PyTorch reference (fused='off')" in line
