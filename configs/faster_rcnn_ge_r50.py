@@ -12,8 +12,7 @@ from ge_detectron.modeling import GERes5ROIHeads, make_ge_resnet_stages, make_ge
 
 from .common.data import dataloader
 
-# GE-theta E8. FREEZE_AT 2 freezes the stem and res2, whose ImageNet weights have no GE, so learnable GE
-# goes only in the trained stages (docs/GE_SPEC.md, "freezing").
+# GE-theta E8, in the stages freeze_at=2 trains (docs/GE_SPEC.md, "Decision, freezing").
 _GE = dict(ge_variant="theta", ge_extent=8)
 
 model = get_config("common/models/mask_rcnn_c4.py").model  # detectron2's R50-C4 R-CNN, less its mask head

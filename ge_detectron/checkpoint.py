@@ -6,45 +6,23 @@
   for it (GE_SPEC.md: it would stay a fixed random gate for the whole run).
 """
 import logging
-import os
 
 from detectron2.checkpoint import DetectionCheckpointer
+
+from .atomic import AtomicFile
 
 logger = logging.getLogger(__name__)
 
 
-class _AtomicFile:
-    """``open(path, mode)`` for writing that only replaces ``path`` once the write completed."""
-
-    def __init__(self, path, mode):
-        self.path, self.tmp = path, f"{path}.tmp{os.getpid()}"
-        self.file = open(self.tmp, mode)
-
-    def __enter__(self):
-        return self.file
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-        finally:
-            self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.remove(self.tmp)
-
-
 class _AtomicWrites:
-    """A path manager whose local writes go through ``_AtomicFile``; everything else is delegated."""
+    """A path manager whose local writes go through ``AtomicFile``; everything else is delegated."""
 
     def __init__(self, path_manager):
         self._path_manager = path_manager
 
     def open(self, path, mode="r", **kwargs):
         if mode.startswith("w") and "://" not in path:
-            return _AtomicFile(path, mode)
+            return AtomicFile(path, mode)
         return self._path_manager.open(path, mode, **kwargs)
 
     def __getattr__(self, name):

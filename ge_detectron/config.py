@@ -39,36 +39,38 @@ def add_ge_config(cfg):
     return cfg
 
 
-def _fail(key, value, allowed):
-    raise GEConfigError(f"MODEL.GE.{key} = {value!r} is invalid: {allowed}.")
+def fail_invalid(key, value, allowed, error=GEConfigError):
+    """Raise ``error`` saying that config key ``key`` (its full name) has the invalid ``value``, and what
+    is ``allowed``: the one form of every config layer's invalid-value message."""
+    raise error(f"{key} = {value!r} is invalid: {allowed}.")
 
 
 def validate_ge_config(cfg):
     """Check every ``MODEL.GE`` value; raise ``GEConfigError`` (a ValueError) naming the first bad one."""
     ge = cfg.MODEL.GE
     if ge.VARIANT not in VARIANTS:
-        _fail("VARIANT", ge.VARIANT, "allowed are " + ", ".join(repr(v) for v in VARIANTS))
+        fail_invalid("MODEL.GE.VARIANT", ge.VARIANT, "allowed are " + ", ".join(repr(v) for v in VARIANTS))
     if extent_error(ge.EXTENT):
-        _fail("EXTENT", ge.EXTENT, extent_error(ge.EXTENT))
+        fail_invalid("MODEL.GE.EXTENT", ge.EXTENT, extent_error(ge.EXTENT))
     stages = list(ge.STAGES)
     bad = [s for s in stages if s not in STAGE_NAMES]
     if bad or len(set(stages)) != len(stages):
-        _fail("STAGES", stages, "give distinct names from " + ", ".join(STAGE_NAMES))
+        fail_invalid("MODEL.GE.STAGES", stages, "give distinct names from " + ", ".join(STAGE_NAMES))
     if not isinstance(ge.REDUCTION, int) or ge.REDUCTION < 1:
-        _fail("REDUCTION", ge.REDUCTION, "use a positive integer such as 16")
+        fail_invalid("MODEL.GE.REDUCTION", ge.REDUCTION, "use a positive integer such as 16")
     if not isinstance(ge.GLOBAL_INPUT_SIZE, int) or ge.GLOBAL_INPUT_SIZE < 32 or ge.GLOBAL_INPUT_SIZE % 32:
-        _fail("GLOBAL_INPUT_SIZE", ge.GLOBAL_INPUT_SIZE, "use a positive multiple of 32 such as 224")
+        fail_invalid("MODEL.GE.GLOBAL_INPUT_SIZE", ge.GLOBAL_INPUT_SIZE, "use a positive multiple of 32 such as 224")
     if ge.FUSED not in FUSED_MODES:
-        _fail("FUSED", ge.FUSED, "allowed are " + ", ".join(repr(v) for v in FUSED_MODES))
+        fail_invalid("MODEL.GE.FUSED", ge.FUSED, "allowed are " + ", ".join(repr(v) for v in FUSED_MODES))
     if not isinstance(ge.NUM_CLASSES, int) or ge.NUM_CLASSES < 1:
-        _fail("NUM_CLASSES", ge.NUM_CLASSES, "use a positive integer such as 1000")
+        fail_invalid("MODEL.GE.NUM_CLASSES", ge.NUM_CLASSES, "use a positive integer such as 1000")
     if ge.NORM:
         from detectron2.layers import get_norm
 
         try:
             get_norm(ge.NORM, 32)
         except (KeyError, AttributeError, TypeError):
-            _fail("NORM", ge.NORM, 'use "" (same as MODEL.RESNETS.NORM) or a detectron2 norm such as '
+            fail_invalid("MODEL.GE.NORM", ge.NORM, 'use "" (same as MODEL.RESNETS.NORM) or a detectron2 norm such as '
                   '"BN", "SyncBN", "FrozenBN", "GN"')
     return cfg
 

@@ -66,8 +66,8 @@ def test_missing_datasets_are_clear_errors_and_demo_data_is_registered(tmp_path)
 
 
 def test_boxes_are_those_of_format_1(tmp_path):
-    """Masks were added to the generated data without changing its images' content or boxes: the boxes
-    of a seeded split are those the box-only generator (FORMAT_VERSION 1) wrote."""
+    """The format with masks (FORMAT_VERSION 2) keeps the images' content and boxes of the boxes-only
+    FORMAT_VERSION 1: the boxes of a seeded split hash to those the FORMAT_VERSION 1 generator wrote."""
     generate_shapes_split(str(tmp_path / "img"), str(tmp_path / "a.json"), 20, seed=0, image_size=160)
     coco = json.loads((tmp_path / "a.json").read_text())
     boxes = json.dumps([(a["image_id"], a["category_id"], a["bbox"]) for a in coco["annotations"]])

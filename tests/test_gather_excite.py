@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ge_detectron.layers import GatherExcite, build_gather_excite, excite_reference
+from ge_detectron.layers import GatherExcite, build_gather_excite
 
 VARIANTS = ["theta_minus", "theta", "theta_plus", "se"]
 
@@ -120,15 +120,70 @@ def test_odd_sizes_use_interpolates_nearest_rule(H, W, extent):
         assert sum(r != i // extent for i, r in enumerate(rows)) == 18
 
 
-def test_theta_plus_and_se_compose_gather_relu_mlp():
-    torch.manual_seed(0)
-    x = torch.randn(2, 32, 12, 12)
-    tp = make("theta_plus", extent=4).eval()
-    expected_g = tp.mlp(F.relu(tp.gather(x)))
-    torch.testing.assert_close(tp(x), excite_reference(x, expected_g))
-    se = make("se").eval()
-    expected = x * torch.sigmoid(se.mlp(x.mean(dim=(2, 3), keepdim=True)))
-    torch.testing.assert_close(se(x), expected)
+def batch_norm64(x, weight, bias, running_mean, running_var, eps=1e-5):
+    """Inference batch norm, written out: (x - mean) / sqrt(var + eps) * weight + bias per channel."""
+    per_channel = lambda t: t[None, :, None, None]  # noqa: E731
+    return (x - per_channel(running_mean)) / torch.sqrt(per_channel(running_var) + eps) * per_channel(weight) \
+        + per_channel(bias)
+
+
+def hand_set_weights(seed, c, hidden, convs):
+    """Seeded float64 weights, far from the initialisation: ``convs`` depthwise 3x3 kernels with their BN
+    parameters and statistics, and the excite MLP, as the spec's state-dict entries."""
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    state = {}
+    for i in range(convs):
+        state[f"gather.{2 * i}.weight"] = rand(c, 1, 3, 3) * 0.5
+        state.update({f"gather.{2 * i}.norm.{k}": v for k, v in (
+            ("weight", 1 + 0.2 * rand(c)), ("bias", 0.2 * rand(c)), ("running_mean", 0.3 * rand(c)),
+            ("running_var", 0.5 + torch.rand(c, generator=gen, dtype=torch.float64)),
+            ("num_batches_tracked", torch.tensor(0)))})
+    state.update({"mlp.0.weight": rand(hidden, c, 1, 1), "mlp.0.bias": rand(hidden),
+                  "mlp.2.weight": rand(c, hidden, 1, 1), "mlp.2.bias": rand(c)})
+    return state
+
+
+def excite_mlp64(g, state):
+    """The spec's excite MLP as matrix products per cell: C -> C/16 (bias), ReLU, C/16 -> C (bias)."""
+    cells = g.permute(0, 2, 3, 1)  # (N, h, w, C)
+    hidden = F.relu(cells @ state["mlp.0.weight"][:, :, 0, 0].T + state["mlp.0.bias"])
+    return (hidden @ state["mlp.2.weight"][:, :, 0, 0].T + state["mlp.2.bias"]).permute(0, 3, 1, 2)
+
+
+def test_theta_plus_follows_the_spec_with_hand_set_weights():
+    """GE-θ⁺ E4 on a 12x12 map, against the spec written out in float64: two depthwise 3x3 stride-2
+    convs with BN and a ReLU between, the ReLU after the gather, the MLP per cell of the 3x3 gathered
+    map, the sigmoid, and nearest upsampling, which for 12 = 3 x 4 repeats each cell over a 4x4 block."""
+    c = 32
+    state = hand_set_weights(0, c, c // 16, convs=2)
+    tp = make("theta_plus", c, extent=4).double().eval()
+    tp.load_state_dict(state)
+    x = torch.randn(2, c, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g = x
+    for i in range(2):
+        g = F.relu(g) if i else g
+        conv = F.conv2d(g, state[f"gather.{2 * i}.weight"], stride=2, padding=1, groups=c)
+        g = batch_norm64(conv, *(state[f"gather.{2 * i}.norm.{k}"]
+                                 for k in ("weight", "bias", "running_mean", "running_var")))
+    gate = torch.sigmoid(excite_mlp64(F.relu(g), state))
+    assert gate.shape == (2, c, 3, 3)
+    expected = x * gate.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    with torch.no_grad():
+        torch.testing.assert_close(tp(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_se_follows_the_spec_with_hand_set_weights():
+    """SE: the MLP on the global mean of each channel, the sigmoid, broadcast over the map (float64)."""
+    c = 32
+    state = {k: v for k, v in hand_set_weights(2, c, c // 16, convs=0).items() if k.startswith("mlp.")}
+    se = make("se", c).double().eval()
+    se.load_state_dict(state)
+    x = torch.randn(2, c, 9, 11, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    means = x.sum(dim=(2, 3), keepdim=True) / (9 * 11)
+    expected = x * torch.sigmoid(excite_mlp64(means, state))
+    with torch.no_grad():
+        torch.testing.assert_close(se(x), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_initialisation_follows_the_spec():

@@ -18,7 +18,10 @@ from PIL import Image
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = os.path.join(ROOT, "configs")
-R50_BLOCKS = [(3, 256, 56), (4, 512, 28), (6, 1024, 14), (3, 2048, 7)]  # blocks, channels, map side at 224
+IMAGENET = os.path.join(CONFIGS, "pretrain", "Base-ImageNet.yaml")
+R50_BLOCKS = [(3, 256), (4, 512), (6, 1024), (3, 2048)]  # ResNet-50: blocks and channels of res2..res5
+# GE_SPEC.md: the depthwise weights of GE-theta with global extent in all stages of ResNet-50 (~5.5 M)
+SPEC_GLOBAL_DEPTHWISE = 3 * 256 * 56 ** 2 + 4 * 512 * 28 ** 2 + 6 * 1024 * 14 ** 2 + 3 * 2048 * 7 ** 2
 
 
 def count(model):
@@ -28,7 +31,7 @@ def count(model):
 @pytest.mark.parametrize("depth,variant,extent", [(50, "none", 0), (50, "se", 0), (50, "theta_minus", 8),
                                                   (50, "theta", 0), (50, "theta_plus", 4), (101, "theta_plus", 0)])
 def test_classifier_maps_224_images_to_imagenet_logits(depth, variant, extent):
-    model = build_ge_classifier(classifier_cfg(depth, variant, extent)).eval()
+    model = build_ge_classifier(classifier_cfg(IMAGENET, depth, variant, extent)).eval()
     with torch.no_grad():
         logits = model(torch.rand(2, 3, 224, 224) * 255)
     assert logits.shape == (2, 1000) and torch.isfinite(logits).all()
@@ -62,22 +65,19 @@ def test_zero_init_residual_makes_every_block_the_identity_on_its_shortcut(norm)
 
 
 def test_parameter_counts_match_the_spec():
-    none, theta_minus, theta, se = (count(build_ge_classifier(classifier_cfg(50, v, 0)))
+    none, theta_minus, theta, se = (count(build_ge_classifier(classifier_cfg(IMAGENET, 50, v, 0)))
                                     for v in ("none", "theta_minus", "theta", "se"))
-    depthwise = sum(n * c * side ** 2 for n, c, side in R50_BLOCKS)  # one global kernel per channel and block
-    norms = sum(n * 2 * c for n, c, _ in R50_BLOCKS)
-    assert depthwise == 3 * 256 * 56 ** 2 + 4 * 512 * 28 ** 2 + 6 * 1024 * 14 ** 2 + 3 * 2048 * 7 ** 2
-    assert abs(depthwise - 5.5e6) < 0.05e6
-    assert theta - none == depthwise + norms
+    norms = sum(n * 2 * c for n, c in R50_BLOCKS)  # a weight and a bias per channel and block
+    assert theta - none == SPEC_GLOBAL_DEPTHWISE + norms
     assert theta_minus == none
-    assert se - none == sum(n * (2 * c * (c // 16) + c // 16 + c) for n, c, _ in R50_BLOCKS)
+    assert se - none == sum(n * (2 * c * (c // 16) + c // 16 + c) for n, c in R50_BLOCKS)
 
 
 def test_ge_changes_flops_by_well_under_one_percent():
-    _, base = classifier_stats(classifier_cfg(50, "none", 0))
+    _, base = classifier_stats(classifier_cfg(IMAGENET, 50, "none", 0))
     assert 4.0e9 < base < 4.2e9  # ResNet-50 at 224: 4.1 GMACs
     for variant, extent in (("theta", 8), ("theta_plus", 0)):
-        _, flops = classifier_stats(classifier_cfg(50, variant, extent))
+        _, flops = classifier_stats(classifier_cfg(IMAGENET, 50, variant, extent))
         assert 0 < (flops - base) / base < 0.01, (variant, extent)
 
 

@@ -9,7 +9,7 @@ import sys
 import ge_detectron  # noqa: F401  (compat fixes first)
 import pytest
 import torch
-from ge_detectron.data import DatasetMissingError, shape_classes
+from ge_detectron.data import DatasetMissingError, InvalidDatasetError, shape_classes
 from detectron2.engine import HookBase
 from ge_detectron.data.classification import (MAX_UNREADABLE_IN_A_ROW, ReadableImageFolder, build_eval_transform,
                                               build_train_transform, check_image_folders)
@@ -109,7 +109,7 @@ def test_a_training_set_of_unreadable_images_is_a_clear_error(tmp_path):
         (tmp_path / "train" / cls / "00000.png").write_bytes(b"not an image")
     cfg = tiny_cfg(tmp_path)
     dataset = ReadableImageFolder(cfg, "TRAIN_DIR", build_train_transform(cfg), replace=True)
-    with warnings_of(), pytest.raises(DatasetMissingError, match=f"{MAX_UNREADABLE_IN_A_ROW} images in a row"):
+    with warnings_of(), pytest.raises(InvalidDatasetError, match=f"{MAX_UNREADABLE_IN_A_ROW} images in a row"):
         dataset[0]
 
 
@@ -127,7 +127,7 @@ def test_empty_datasets_are_a_clear_error(tmp_path):
     tiny_folders(tmp_path / "partly")
     for path in (tmp_path / "partly" / "val" / "ring").iterdir():
         path.unlink()
-    with pytest.raises(DatasetMissingError, match=r"PRETRAIN.VAL_DIR: 1 of the 8 class folders in .* hold no "
+    with pytest.raises(InvalidDatasetError, match=r"PRETRAIN.VAL_DIR: 1 of the 8 class folders in .* hold no "
                                                   r"image .*: 'ring'. Every class needs images."):
         check_image_folders(tiny_cfg(tmp_path / "partly"))
 

@@ -14,7 +14,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.utils.env import seed_all_rng
 
 from ge_detectron.checkpoint import GECheckpointer
-from ge_detectron.data import DatasetMissingError, generate_shapes_split
+from ge_detectron.data import InvalidDatasetError, generate_shapes_split
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.detection import DetectionTrainer as Trainer
 
@@ -139,7 +139,7 @@ def test_corrupt_images_and_bad_boxes_are_skipped_with_counts(tmp_path, caplog):
 
 def test_dataset_without_usable_boxes_is_a_clear_error(tmp_path):
     name = register_bad_dataset(tmp_path, "all_bad_train", corrupt_images=0, box_edits=[[0, 0, 0, 0]] * 100)
-    with pytest.raises(DatasetMissingError, match="all_bad_train.*no"):
+    with pytest.raises(InvalidDatasetError, match="all_bad_train.*no"):
         Trainer(tiny_train_cfg(tmp_path, name))
 
 

@@ -8,10 +8,13 @@ detection configs too (slow on a CPU: one inference at 800x1333 per config).
     python tools/analyze_model.py --depths --detectors configs/faster_rcnn_r50.yaml configs/faster_rcnn_ge_r50.yaml
 """
 import argparse
+import os
 
 import ge_detectron  # noqa: F401  (compat fixes before detectron2 is used)
 from ge_detectron.pretrain.analysis import (classifier_cfg, classifier_stats, detector_cfg, detector_stats,
                                             markdown_table)
+
+IMAGENET_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "pretrain", "Base-ImageNet.yaml")
 
 
 def classifier_grid(depths, variants, extents):
@@ -27,6 +30,8 @@ def classifier_grid(depths, variants, extents):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classifier-config", default=IMAGENET_CONFIG,
+                        help="pretraining config of the classifiers (default: %(default)s)")
     parser.add_argument("--depths", type=int, nargs="*", default=[50, 101])
     parser.add_argument("--variants", nargs="+", default=["se", "theta_minus", "theta", "theta_plus"])
     parser.add_argument("--extents", type=int, nargs="+", default=[0, 2, 4, 8], help="0 = global")
@@ -36,7 +41,7 @@ def main():
 
     rows, plain = [], {}
     for depth, variant, extent in classifier_grid(args.depths, args.variants, args.extents):
-        params, flops = classifier_stats(classifier_cfg(depth, variant, extent))
+        params, flops = classifier_stats(classifier_cfg(args.classifier_config, depth, variant, extent))
         base_params, base_flops = plain.setdefault(depth, (params, flops))
         extent_name = "-" if variant == "none" else "global" if extent == 0 else f"E{extent}"
         rows.append([f"R{depth}", variant, extent_name, f"{params / 1e6:.3f}", f"{(params - base_params) / 1e6:+.3f}",

@@ -6,6 +6,8 @@ x * sigmoid(up(g)) with --op excite, at detection feature-map sizes:
     eager            sigmoid, upsample, multiply (ge_detectron's reference: the sigmoid on the small map)
     compiled         torch.compile of the reference (CUDA by default; --compile on CPU)
     fused            torch.ops.ge_detectron: the Triton kernels on CUDA, the C++ kernels on the CPU
+    fused-1t         with --thread-scaling (CPU): fused on one thread, so that its "fused x" column is
+                     the speedup of the C++ kernels from one thread to --threads (torch's count by default)
 
 Forward, backward (of a retained graph) and both, for global and extent-8 gates, float32 and bfloat16,
 NCHW and channels_last. Each time is the median of --runs runs after --warmup, with the caches flushed
@@ -18,6 +20,7 @@ grad, out, x, g, write grad_x, grad_shortcut, grad_g) over the time, for every i
     python tools/benchmark_excite.py                      # CUDA if available: batch 16 and 2 at 800x1216
     python tools/benchmark_excite.py --device cpu         # CPU defaults: batch 1 at 400x608, 10 runs
     python tools/benchmark_excite.py --batches 2 --runs 200 --json output/excite.json
+    python tools/benchmark_excite.py --device cpu --threads 2 --thread-scaling   # 1 against 2 threads
 """
 import argparse
 import ctypes
@@ -54,6 +57,8 @@ def parse_args():
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="include torch.compile of the reference (default: on for CUDA, off for CPU)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--thread-scaling", action="store_true",
+                   help="CPU: also time the fused operator on one thread (fused-1t), in turn with the others")
     p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="CPU: have glibc keep freed blocks up to 32 MiB (see keep_freed_memory)")
     p.add_argument("--flush-mb", type=int, default=256, help="size of the cache-flush buffer")
@@ -169,8 +174,29 @@ def traffic(x, g, residual):
     return forward, backward
 
 
-def measure(timer, impls, x, g, shortcut, grad):
-    """{impl: {"forward": ms, "backward": ms (through a retained graph), "both": ms}}."""
+def on_threads(n, fn):
+    """``fn`` run with torch's intra-op thread count set to ``n`` (then set back); ``fn`` if ``n`` is None."""
+    if n is None:
+        return fn
+
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+def measure(timer, impls, x, g, shortcut, grad, threads=None):
+    """{impl: {"forward": ms, "backward": ms (through a retained graph), "both": ms}}; ``threads`` maps an
+    impl to the thread count it runs with (default: the current one)."""
+    threads = threads or {}
+
+    def timed(fns):
+        return timer({impl: on_threads(threads.get(impl), fn) for impl, fn in fns.items()})
+
     inputs = (x, g) if shortcut is None else (x, g, shortcut)
     leaves = {impl: [t.detach().requires_grad_() for t in inputs] for impl in impls}
 
@@ -178,12 +204,12 @@ def measure(timer, impls, x, g, shortcut, grad):
         return impls[impl](*tensors) if shortcut is not None else impls[impl](*tensors, None)
 
     with torch.no_grad():
-        forward = timer({impl: (lambda impl=impl: call(impl, inputs)) for impl in impls})
+        forward = timed({impl: (lambda impl=impl: call(impl, inputs)) for impl in impls})
     outs = {impl: call(impl, leaves[impl]) for impl in impls}
-    backward = timer({impl: (lambda impl=impl: torch.autograd.grad(outs[impl], leaves[impl], grad, retain_graph=True))
+    backward = timed({impl: (lambda impl=impl: torch.autograd.grad(outs[impl], leaves[impl], grad, retain_graph=True))
                       for impl in impls})
     del outs
-    both = timer({impl: (lambda impl=impl: torch.autograd.grad(call(impl, leaves[impl]), leaves[impl], grad))
+    both = timed({impl: (lambda impl=impl: torch.autograd.grad(call(impl, leaves[impl]), leaves[impl], grad))
                   for impl in impls})
     return {impl: {"forward": forward[impl], "backward": backward[impl], "both": both[impl]} for impl in impls}
 
@@ -203,6 +229,11 @@ def main():
     if args.compile:
         impls["compiled"] = torch.compile(eager)
     impls["fused"] = fused
+    threads = {}
+    if args.thread_scaling:
+        if device != "cpu":
+            raise SystemExit("--thread-scaling measures the CPU kernels: use it with --device cpu")
+        impls["fused-1t"], threads["fused-1t"] = fused, 1
     name = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     print(f"{name} | torch {torch.__version__} | fused: {ops.native_kernels(device)} | {args.op} | "
           f"threads {torch.get_num_threads()} | "
@@ -229,7 +260,7 @@ def main():
                     shortcut = rand(N, C, H, W) if residual else None
                     fwd_bytes, bwd_bytes = traffic(x, g, residual)
                     nbytes = {"forward": fwd_bytes, "backward": bwd_bytes, "both": fwd_bytes + bwd_bytes}
-                    rows = measure(timer, impls, x, g, shortcut, grad)
+                    rows = measure(timer, impls, x, g, shortcut, grad, threads)
                     for impl, times in rows.items():
                         gbps = {m: nbytes[m] / t / 1e6 for m, t in times.items()}
                         speedup = times["both"] / rows["fused"]["both"]

@@ -14,7 +14,7 @@ import sys
 
 import ge_detectron  # noqa: F401  (compat fixes before detectron2 is used)
 from detectron2.engine import default_argument_parser
-from ge_detectron.data import DatasetMissingError
+from ge_detectron.data import DatasetError
 from ge_detectron.data.classification import prepare_image_folders
 from ge_detectron.engine import train_or_evaluate
 from ge_detectron.launch import check_launch_args, launch_from_args
@@ -31,6 +31,6 @@ if __name__ == "__main__":
         cfg = get_pretrain_cfg(args.config_file, args.opts)
         prepare_image_folders(cfg)
         check_launch_args(args, cfg.MODEL.DEVICE, cfg.SOLVER.IMS_PER_BATCH)
-    except (ValueError, DatasetMissingError) as e:
+    except (ValueError, DatasetError) as e:
         sys.exit(f"pretrain_net.py: error: {e}")
     launch_from_args(main, args, cfg.MODEL.DEVICE)

@@ -4,8 +4,10 @@ and loaders built on detectron2's distributed samplers.
 Batches are ``(images, labels)``: uint8 (N, 3, H, W) pixel values in ``INPUT.FORMAT`` channel order
 (the classifier normalises them, as detectron2's detectors do) and int64 (N,) class indices.
 
-Bad data: a class folder without images is a DatasetMissingError; an image that cannot be read or
-decoded is skipped with a warning that counts the skipped images (``ReadableImageFolder``).
+Bad data: a dataset folder without images is a DatasetMissingError, class folders without images or
+that differ between TRAIN_DIR and VAL_DIR an InvalidDatasetError; an image that cannot be read or
+decoded (``ge_detectron.data.sanitize.UNREADABLE_IMAGE_ERRORS``) is skipped with a warning that counts
+the skipped images (``ReadableImageFolder``).
 """
 import functools
 import logging
@@ -16,21 +18,18 @@ import torch
 from detectron2.data.build import worker_init_reset_seed
 from detectron2.data.samplers import InferenceSampler, TrainingSampler
 from detectron2.utils import comm
-from PIL import Image
 from torch.utils.data import default_collate
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from .sanitize import UNREADABLE_IMAGE_ERRORS
 from . import shape_classes
-from .datasets import DatasetMissingError, datasets_root
+from .datasets import DatasetMissingError, InvalidDatasetError, NumClassesMismatchError, datasets_root
 
 # Size of the generated demo set (PRETRAIN.GENERATE_DEMO_DATA): images per class, image side.
 DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, DEMO_IMAGE_SIZE = 200, 50, 64
-# Training gives up, with a DatasetMissingError, after this many unreadable images in a row.
+# Training gives up, with an InvalidDatasetError, after this many unreadable images in a row.
 MAX_UNREADABLE_IN_A_ROW = 100
-# What reading and decoding a broken file raises (PIL: UnidentifiedImageError and truncated files are
-# OSErrors, broken PNG chunks SyntaxError or ValueError).
-UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +48,9 @@ def _holds_an_image(folder):
 
 
 def class_folders(cfg, key):
-    """The class folder names of PRETRAIN.{key}; DatasetMissingError (short message, what to do) unless it is
-    an ImageFolder root (one sub-folder of images per class) and every class folder holds an image."""
+    """The class folder names of PRETRAIN.{key}. Raises (short message, what to do) DatasetMissingError
+    unless it is an ImageFolder root (one sub-folder of images per class) with images, InvalidDatasetError
+    if some class folders hold none."""
     root = resolve_dataset_dir(cfg.PRETRAIN[key])
     names = sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root) else []
     if not names:
@@ -65,21 +65,22 @@ def class_folders(cfg, key):
         if len(empty) == len(names):
             raise DatasetMissingError(f"PRETRAIN.{key}: the dataset at {root!r} is empty: none of its {len(names)} "
                                       f"class folders holds an image ({extensions}).")
-        raise DatasetMissingError(
+        raise InvalidDatasetError(
             f"PRETRAIN.{key}: {len(empty)} of the {len(names)} class folders in {root!r} hold no image ({extensions}): "
             f"{', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''}. Every class needs images.")
     return names
 
 
 def check_image_folders(cfg):
-    """Raise DatasetMissingError (short message, what to do) unless PRETRAIN.TRAIN_DIR and VAL_DIR are
-    ImageFolder roots whose class folders all hold images and agree in number with MODEL.GE.NUM_CLASSES."""
+    """Raise ``class_folders``' errors unless PRETRAIN.TRAIN_DIR and VAL_DIR are ImageFolder roots whose
+    class folders all hold images; InvalidDatasetError unless they have the same class folders,
+    NumClassesMismatchError unless as many as MODEL.GE.NUM_CLASSES (short messages, what to do)."""
     classes = {key: class_folders(cfg, key) for key in ("TRAIN_DIR", "VAL_DIR")}
     if classes["TRAIN_DIR"] != classes["VAL_DIR"]:
-        raise DatasetMissingError("PRETRAIN.TRAIN_DIR and PRETRAIN.VAL_DIR have different class folders "
+        raise InvalidDatasetError("PRETRAIN.TRAIN_DIR and PRETRAIN.VAL_DIR have different class folders "
                                   f"({len(classes['TRAIN_DIR'])} and {len(classes['VAL_DIR'])} classes).")
     if len(classes["TRAIN_DIR"]) != cfg.MODEL.GE.NUM_CLASSES:
-        raise DatasetMissingError(f"MODEL.GE.NUM_CLASSES is {cfg.MODEL.GE.NUM_CLASSES} but PRETRAIN.TRAIN_DIR "
+        raise NumClassesMismatchError(f"MODEL.GE.NUM_CLASSES is {cfg.MODEL.GE.NUM_CLASSES} but PRETRAIN.TRAIN_DIR "
                                   f"has {len(classes['TRAIN_DIR'])} class folders: set MODEL.GE.NUM_CLASSES to match.")
 
 
@@ -120,7 +121,7 @@ class ReadableImageFolder(datasets.ImageFolder):
     (missing, truncated, not an image) is skipped with a warning that counts the skipped images (per data
     loader worker). With ``replace`` (training) a randomly drawn other image takes its place, so batches
     keep their size; without (evaluation) the item is None and ``collate_readable`` leaves it out.
-    A class folder without images is a DatasetMissingError."""
+    Dataset folders without images raise as in ``class_folders``."""
 
     def __init__(self, cfg, key, transform, replace):
         class_folders(cfg, key)  # a clear error where torchvision's would be a FileNotFoundError
@@ -142,7 +143,7 @@ class ReadableImageFolder(datasets.ImageFolder):
                 index = random.randrange(len(self.samples))
                 continue
             return self.transform(image), label
-        raise DatasetMissingError(f"{MAX_UNREADABLE_IN_A_ROW} images in a row could not be read from {self.root!r}: "
+        raise InvalidDatasetError(f"{MAX_UNREADABLE_IN_A_ROW} images in a row could not be read from {self.root!r}: "
                                   "check the files (the warnings above name them).")
 
 

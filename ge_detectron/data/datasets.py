@@ -12,12 +12,24 @@ from .shapes import ensure_shapes_dataset, shapes_split_paths
 SHAPES_NAMES = {"ge_shapes_train": "train", "ge_shapes_val": "val"}
 
 
-class DatasetMissingError(RuntimeError):
-    """A dataset named in the config is registered but its files are not on disk."""
+class DatasetError(RuntimeError):
+    """A dataset the config names cannot be used; the message says why and what to do."""
+
+
+class DatasetMissingError(DatasetError):
+    """A dataset the config names is not there: not registered, or its files or folders are not on disk
+    or hold no image."""
+
+
+class InvalidDatasetError(DatasetError):
+    """A dataset is on disk but its contents cannot be trained or evaluated on: an annotation file that
+    is not COCO instances, class folders without images or that differ between splits, no usable box,
+    images that cannot be read."""
 
 
 class NumClassesMismatchError(ValueError):
-    """The detector's number of classes differs from the number of categories of a dataset it uses."""
+    """The model's number of classes differs from the number of categories (or class folders) of a dataset
+    it uses."""
 
 
 def datasets_root():
@@ -75,7 +87,7 @@ def dataset_categories(name):
             categories = json.load(f)["categories"]
         return [(c["id"], c["name"]) for c in sorted(categories, key=lambda c: c["id"])]
     except (ValueError, KeyError, TypeError) as e:
-        raise DatasetMissingError(f"dataset {name!r}: {json_file!r} is not a COCO instances file with categories "
+        raise InvalidDatasetError(f"dataset {name!r}: {json_file!r} is not a COCO instances file with categories "
                                   f"({type(e).__name__}: {e}).") from None
 
 

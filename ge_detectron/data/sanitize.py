@@ -2,14 +2,22 @@
 images that cannot be read are skipped by the training mapper, each with a warning that counts them."""
 import logging
 import math
+import traceback
 
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.structures import BoxMode
+from PIL import Image
 
-from .datasets import DatasetMissingError
+from .datasets import InvalidDatasetError
 
 logger = logging.getLogger(__name__)
+
+# What reading and decoding a broken image file raises: a missing or truncated file and PIL's
+# UnidentifiedImageError are OSErrors, broken PNG chunks SyntaxError, broken image data ValueError,
+# an image over PIL's pixel limit DecompressionBombError; detectron2's SizeMismatchError (a ValueError)
+# is a file whose size is not the one annotated. Every loader here skips an image that raises one of them.
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def _box_is_usable(annotation, width, height):
@@ -41,22 +49,32 @@ def drop_unusable_boxes(dataset_dicts, filter_empty=True):
 
 def load_detection_dataset_dicts(names, filter_empty=True):
     """The records of the datasets ``names`` as detectron2 loads them for training, minus unusable boxes
-    (and, with ``filter_empty``, images without annotations); an empty result is a DatasetMissingError
+    (and, with ``filter_empty``, images without annotations); an empty result is an InvalidDatasetError
     that says so. Plain arguments: LazyConfigs use it as ``dataloader.train.dataset``."""
     names = [names] if isinstance(names, str) else list(names)
     try:
         records = get_detection_dataset_dicts(names, filter_empty=filter_empty)
     except AssertionError as e:  # detectron2 asserts on empty datasets
-        raise DatasetMissingError(f"Training dataset(s) {names} contain no usable images ({e}).") from None
+        raise InvalidDatasetError(f"Training dataset(s) {names} contain no usable images ({e}).") from None
     records = drop_unusable_boxes(records, filter_empty)
     if not records:
-        raise DatasetMissingError(f"Training dataset(s) {names} contain no image with a usable box.")
+        raise InvalidDatasetError(f"Training dataset(s) {names} contain no image with a usable box.")
     return records
 
 
 def load_train_dataset_dicts(cfg):
     """``load_detection_dataset_dicts`` of ``cfg.DATASETS.TRAIN``."""
     return load_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+
+
+def _raised_reading_an_image(error):
+    """Whether ``error``, one of UNREADABLE_IMAGE_ERRORS raised by a dataset mapper, comes from reading
+    the image: a ValueError only if it is a SizeMismatchError or PIL raised it (the mapper's other
+    ValueErrors are about annotations, and must not pass for an unreadable image)."""
+    if not isinstance(error, ValueError) or isinstance(error, SizeMismatchError):
+        return True
+    return any(frame.f_globals.get("__name__", "").split(".")[0] == "PIL"
+               for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
 class SkipUnreadableImages:
@@ -70,7 +88,9 @@ class SkipUnreadableImages:
     def __call__(self, dataset_dict):
         try:
             return self.mapper(dataset_dict)
-        except (OSError, SyntaxError, SizeMismatchError) as e:  # missing, corrupt or mis-sized files
+        except UNREADABLE_IMAGE_ERRORS as e:
+            if not _raised_reading_an_image(e):
+                raise
             self.skipped += 1
             logger.warning(f"Skipped unreadable image {dataset_dict.get('file_name')!r} ({type(e).__name__}: {e}); "
                            f"{self.skipped} skipped so far in this data loader worker.")

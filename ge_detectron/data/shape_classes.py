@@ -8,10 +8,12 @@ position tells the class: the shape or texture must be recognised.
 """
 import math
 import os
-import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..atomic import atomic_folder
+from .backgrounds import cluttered_background
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring", "stripes", "checker", "dots")
 _UNIT_POLYGONS = {  # vertices on a unit-radius scale, rotated and scaled per instance
@@ -24,17 +26,6 @@ _UNIT_POLYGONS = {  # vertices on a unit-radius scale, rotated and scaled per in
 
 def _colour(rng):
     return tuple(int(v) for v in rng.integers(0, 256, 3))
-
-
-def _background(rng, size):
-    t = np.linspace(0, 1, size)[:, None, None]
-    img = rng.integers(40, 216, 3) * (1 - t) + rng.integers(40, 216, 3) * t + rng.normal(0, 10, (size, size, 3))
-    image = Image.fromarray(np.clip(np.broadcast_to(img, (size, size, 3)), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(1, 4))):
-        draw.line([tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(2)], fill=_colour(rng),
-                  width=int(rng.integers(1, 3)))
-    return image
 
 
 def _texture(cls, rng, side):
@@ -55,7 +46,8 @@ def _texture(cls, rng, side):
 
 def make_image(cls, rng, size=64):
     """One image of class ``cls``."""
-    image = _background(rng, size)
+    image = cluttered_background(rng, size, gradient=(40, 216), noise=10, lines=(1, 4), line_colour=(0, 256),
+                                 line_width=(1, 3))
     radius = rng.uniform(0.22, 0.36) * size
     cx, cy = rng.uniform(radius, size - radius, 2)
     if cls in ("stripes", "checker", "dots"):
@@ -81,20 +73,12 @@ def generate_split(root, images_per_class, seed, size=64):
     """Write ``root/<class>/<index>.png`` for every class. The folder appears whole or not at all:
     it is written under a temporary name and renamed at the end."""
     rng = np.random.default_rng(seed)
-    tmp = f"{root.rstrip(os.sep)}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for cls in CLASSES:
-        os.makedirs(os.path.join(tmp, cls))
-    for index in range(images_per_class):
+    with atomic_folder(root) as tmp:
         for cls in CLASSES:
-            make_image(cls, rng, size).save(os.path.join(tmp, cls, f"{index:05d}.png"))
-    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process finished the same split first
-        shutil.rmtree(tmp)
-        if not os.path.isdir(root):
-            raise
+            os.makedirs(os.path.join(tmp, cls))
+        for index in range(images_per_class):
+            for cls in CLASSES:
+                make_image(cls, rng, size).save(os.path.join(tmp, cls, f"{index:05d}.png"))
     return root
 
 

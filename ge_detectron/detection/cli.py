@@ -19,7 +19,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import GECheckpointer
 from ..config import detector_num_classes, get_ge_cfg
-from ..data import DatasetMissingError, check_num_classes, prepare_datasets, register_coco_dataset
+from ..data import DatasetError, check_num_classes, prepare_datasets, register_coco_dataset
 from ..engine import train_or_evaluate, train_or_exit
 from ..launch import check_device, check_launch_args, launch_from_args
 from .lazy import LazyTrainer, check_lazy_model, lazy_dataset_names, lazy_num_classes, lazy_test, load_lazy_config
@@ -30,8 +30,8 @@ __all__ = ["add_register_coco_argument", "register_datasets_from_args", "setup_y
            "train_net_main", "lazyconfig_train_net_main", "run_train_net", "run_lazyconfig_train_net", "run_predict"]
 
 # What a check before training raises: GEConfigError, NumClassesMismatchError and check_launch_args'
-# errors are ValueErrors; a dataset that is not on disk is a DatasetMissingError.
-CHECK_ERRORS = (ValueError, DatasetMissingError)
+# errors are ValueErrors; a dataset that is not there or not usable is a DatasetError.
+CHECK_ERRORS = (ValueError, DatasetError)
 
 
 def add_register_coco_argument(parser):

@@ -25,6 +25,7 @@ from PIL import Image
 from ..checkpoint import GECheckpointer
 from ..config import detector_num_classes
 from ..data import check_num_classes, dataset_categories
+from ..data.sanitize import UNREADABLE_IMAGE_ERRORS
 from .lazy import lazy_dataset_names, lazy_num_classes
 
 __all__ = ["PredictError", "list_inputs", "read_input", "load_trained_weights", "Predictor", "predictor_from_yaml",
@@ -62,7 +63,7 @@ def read_input(path, image_format):
     """``path`` as an HWC uint8 array in ``image_format`` (detectron2's ``read_image``, EXIF orientation applied)."""
     try:
         return utils.read_image(path, format=image_format)
-    except (OSError, SyntaxError, ValueError) as e:  # PIL: unreadable, truncated or not an image
+    except UNREADABLE_IMAGE_ERRORS as e:
         raise PredictError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
 
 

@@ -1,6 +1,6 @@
 """Gather-Excite (Hu et al., NeurIPS 2018) in plain PyTorch: the reference implementation.
 
-One module covers the variant grid of ``../shared/GE_SPEC.md``:
+One module covers the variant grid of ``docs/GE_SPEC.md``:
 
 =============  ==========================================  =====================================
 variant        gather                                      excite
@@ -20,11 +20,10 @@ import logging
 import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
+from detectron2.utils.logger import log_first_n
 from torch import nn
 
 from .. import ops
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["GatherExcite", "build_gather_excite", "excite_reference", "excite_residual_reference", "GE_VARIANTS",
            "FUSED_MODES", "extent_error"]
@@ -103,9 +102,6 @@ def excite_mlp(channels, reduction):
     return mlp
 
 
-_logged_paths = set()
-
-
 def _use_fused(fused):
     """The device types on which GatherExcite calls the fused operator: for "auto" those with its native
     kernels (Triton on CUDA, C++ on the CPU), for "on" both (an error if this machine's device has none),
@@ -126,9 +122,7 @@ def _use_fused(fused):
             why = f" ({ops.unavailable_reason(d)})" if fused == "auto" else ""
             paths.append(f"the pure-PyTorch reference on {where}{why}")
     path = ", ".join(paths) if devices else "the pure-PyTorch reference"
-    if path not in _logged_paths:
-        _logged_paths.add(path)
-        logger.info(f"Gather-Excite excite path: {path} (fused={fused!r})")
+    log_first_n(logging.INFO, f"Gather-Excite excite path: {path} (fused={fused!r})", key="message")
     return devices
 
 

@@ -4,8 +4,6 @@ FLOPs are fvcore's: one fused multiply-add counts as one FLOP, convolutions, lin
 and adaptive pooling are counted, and element-wise operations (ReLU, sigmoid, the excite
 multiplication, the residual add, fixed-window pooling) are not.
 """
-import os
-
 import torch
 from detectron2.export.flatten import TracingAdapter
 from detectron2.modeling import build_model
@@ -15,12 +13,11 @@ from ..config import get_ge_cfg
 from ..modeling.classifier import build_ge_classifier
 from .config import get_pretrain_cfg
 
-PRETRAIN_BASE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pretrain", "Base-ImageNet.yaml")
 
-
-def classifier_cfg(depth, variant, extent, base_config=PRETRAIN_BASE_CONFIG):
-    """The ImageNet classifier config (1000 classes, GE in every stage) for one grid point."""
-    return get_pretrain_cfg(base_config, ["MODEL.RESNETS.DEPTH", depth, "MODEL.GE.VARIANT", variant,
+def classifier_cfg(config_file, depth, variant, extent):
+    """The classifier config of pretraining config ``config_file`` (e.g. configs/pretrain/Base-ImageNet.yaml:
+    1000 classes, GE in every stage) at one grid point, for counting on the CPU."""
+    return get_pretrain_cfg(config_file, ["MODEL.RESNETS.DEPTH", depth, "MODEL.GE.VARIANT", variant,
                                           "MODEL.GE.EXTENT", extent, "MODEL.GE.FUSED", "off", "MODEL.DEVICE", "cpu"])
 
 

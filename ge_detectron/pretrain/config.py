@@ -7,10 +7,12 @@ LR_SCHEDULER_NAME "WarmupMultiStepLR" (STEPS, GAMMA) or "WarmupCosineLR", WARMUP
 CHECKPOINT_PERIOD, AMP.ENABLED, REFERENCE_WORLD_SIZE), TEST.EVAL_PERIOD, DATALOADER.NUM_WORKERS,
 INPUT.FORMAT, MODEL.PIXEL_MEAN / PIXEL_STD, MODEL.DEVICE, MODEL.WEIGHTS, SEED and OUTPUT_DIR.
 """
+import functools
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from ..config import add_ge_config, merge_cfg, validate_ge_config
+from ..config import add_ge_config, fail_invalid, merge_cfg, validate_ge_config
 
 
 class PretrainConfigError(ValueError):
@@ -42,8 +44,7 @@ def add_pretrain_config(cfg):
     return cfg
 
 
-def _fail(key, value, allowed):
-    raise PretrainConfigError(f"{key} = {value!r} is invalid: {allowed}.")
+_fail = functools.partial(fail_invalid, error=PretrainConfigError)
 
 
 def validate_pretrain_config(cfg):

@@ -1,0 +1,57 @@
+"""Publishing files and folders atomically: each is written under a temporary name next to its final
+one (``<path>.tmp<pid>``) and renamed into place once complete, so that a reader (another process, a
+later run) sees the whole file or folder or none of it, and a process killed while writing leaves only
+the temporary name behind."""
+import os
+import shutil
+from contextlib import contextmanager
+
+
+def temporary_path(path):
+    """The name ``path`` is written under until it is complete: ``<path>.tmp<this process's id>``."""
+    return f"{path.rstrip(os.sep)}.tmp{os.getpid()}"
+
+
+class AtomicFile:
+    """``open(path, mode)`` for writing (a context manager) that replaces ``path`` only once the block
+    completed and the data is on disk; if the block raises, ``path`` stays as it was."""
+
+    def __init__(self, path, mode="w"):
+        self.path, self.tmp = path, temporary_path(path)
+        self.file = open(self.tmp, mode)
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.remove(self.tmp)
+
+
+@contextmanager
+def atomic_folder(path):
+    """Yield an empty temporary folder to fill; when the block completes it is renamed to ``path``.
+    Where ``path`` is there already (another process published the same folder first) the existing
+    folder is kept and the temporary one removed; if the block raises, the temporary one is removed."""
+    tmp = temporary_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of the same id
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.rename(tmp, path)
+    except OSError:  # a non-empty folder is at ``path``: another process's
+        shutil.rmtree(tmp)
+        if not os.path.isdir(path):
+            raise
