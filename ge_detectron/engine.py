@@ -1,4 +1,4 @@
-"""What tools/train_net.py and tools/pretrain_net.py share around detectron2's DefaultTrainer: the
+"""What the training tools share around detectron2's trainers: the
 trainer constructor (DDP on CPU and GPU, AMP on CUDA only, GECheckpointer), a clear stop on a
 non-finite loss or non-finite model state (no checkpoint of that is written), and an optional
 per-rank dump of the final model state (``GE_DUMP_RANK_STATE``)."""
@@ -8,7 +8,7 @@ import weakref
 
 import torch
 from detectron2.engine import (AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model,
-                               hooks)
+                               default_setup, hooks)
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -47,14 +47,20 @@ class GETrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        ret = super().build_hooks()
-        for i, hook in enumerate(ret):
-            if isinstance(hook, hooks.PeriodicCheckpointer):  # on the main process only
-                ret.insert(i, CheckFiniteState(hook))
-                break
-        if os.environ.get(DUMP_RANK_STATE_ENV):
-            ret.append(DumpRankState(os.environ[DUMP_RANK_STATE_ENV]))
-        return ret
+        return with_fault_hooks(super().build_hooks())
+
+
+def with_fault_hooks(hook_list):
+    """``hook_list`` with CheckFiniteState just before its PeriodicCheckpointer (main process only) and,
+    when GE_DUMP_RANK_STATE is set, DumpRankState at the end."""
+    ret = list(hook_list)
+    for i, hook in enumerate(ret):
+        if isinstance(hook, hooks.PeriodicCheckpointer):
+            ret.insert(i, CheckFiniteState(hook))
+            break
+    if os.environ.get(DUMP_RANK_STATE_ENV):
+        ret.append(DumpRankState(os.environ[DUMP_RANK_STATE_ENV]))
+    return ret
 
 
 class NonFiniteState(FloatingPointError):
@@ -115,3 +121,18 @@ def train_or_exit(trainer):
             reason = f"{reason} (iteration={trainer.iter})"
         raise SystemExit(f"error: training stopped, {what} not finite: {reason} The last good checkpoint is "
                          f"kept: {last}. Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS, then --resume.") from None
+
+
+def train_or_evaluate(trainer_class, cfg, args):
+    """What a YAML training tool does in each process: detectron2's ``default_setup``; with ``--eval-only``,
+    ``trainer_class.test`` of MODEL.WEIGHTS (the last checkpoint with ``--resume``); else train, resuming with
+    ``--resume``, through ``train_or_exit``."""
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ge_detectron")
+    if args.eval_only:
+        model = trainer_class.build_model(cfg)
+        GECheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return trainer_class.test(cfg, model)
+    trainer = trainer_class(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return train_or_exit(trainer)

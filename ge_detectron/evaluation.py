@@ -12,8 +12,14 @@ def _use_faster_coco_eval():
         coco_evaluation.COCOeval_opt = COCOeval_faster
 
 
-def build_coco_evaluator(cfg, dataset_name, output_dir):
-    """COCOEvaluator for box AP with the fast backend (identical stats to pycocotools)."""
+def coco_evaluator(dataset_name, output_dir=None):
+    """COCOEvaluator with the fast backend (identical stats to pycocotools): box AP, and mask AP for a
+    detector that predicts masks (the tasks follow the predictions). LazyConfigs use it as
+    ``dataloader.evaluator``."""
     _use_faster_coco_eval()
-    return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_dir,
-                         use_fast_impl=True)
+    return COCOEvaluator(dataset_name, distributed=True, output_dir=output_dir, use_fast_impl=True)
+
+
+def build_coco_evaluator(cfg, dataset_name, output_dir):
+    """``coco_evaluator`` for a YAML config's test dataset."""
+    return coco_evaluator(dataset_name, output_dir)
