@@ -212,7 +212,7 @@ def count_rois(model):
     return counts
 
 
-def block_parts(block):
+def block_parts(block, device):
     """(part, function, names of its inputs) for the parts of one bottleneck block: convolutions, gather, tail."""
     def convs(x):
         out = F.relu_(block.conv1(x))
@@ -222,7 +222,7 @@ def block_parts(block):
     ge = getattr(block, "ge", None)
     if ge is None:
         return [("convs", convs, ["x"]), ("tail", lambda out, shortcut: F.relu_(out + shortcut), ["out", "shortcut"])]
-    excite = ops.excite_residual if args.device in ge.fused else excite_residual_reference
+    excite = ops.excite_residual if device in ge.fused else excite_residual_reference
     return [("convs", convs, ["x"]), ("gather", ge.gather_logits, ["out"]), ("tail", excite, ["out", "g", "shortcut"])]
 
 
@@ -267,7 +267,7 @@ def block_part_calls(model, batch, args):
         hook.remove()
     calls = {mode: [] for mode in MODES}
     for i, (stage, block) in enumerate(blocks):
-        parts = block_parts(block)
+        parts = block_parts(block, args.device)
         x = seen[i].detach().requires_grad_(seen[i].requires_grad)
         with torch.no_grad(), torch.autocast(args.device, dtype=torch.float16, enabled=args.amp):
             out, shortcut = parts[0][1](x)

@@ -57,7 +57,10 @@ class DepthwiseGather(nn.Sequential):
     folds a norm that is a fixed affine map (``frozen_affine``: FrozenBN, or BN in eval mode) into its
     conv, ``conv(x, w * scale) + shift``: the same function, without the norm's own pass over the conv's
     output and the backward of that pass. Other norms (BN in training, GN, ...) run after the conv.
-    The input's memory layout is kept: see docs/benchmarks.md for why the chain is not converted.
+    On the CPU, a gather that will be differentiated runs its chain in channels_last and returns the gate
+    in the input's layout: oneDNN's depthwise backward in NCHW takes several times as long as the layout
+    conversion plus the channels_last backward (docs/benchmarks.md). Without gradients (inference, a frozen
+    stage) and on CUDA the input's layout is kept.
     """
 
     def __init__(self, channels, extent, norm, global_kernel):
@@ -71,7 +74,15 @@ class DepthwiseGather(nn.Sequential):
                 layers.append(_depthwise(channels, 3, 2, 1, norm))
         super().__init__(*layers)
 
+    def _runs_channels_last(self, x):
+        if x.device.type != "cpu" or not torch.is_grad_enabled():
+            return False
+        return x.requires_grad or any(p.requires_grad for p in self.parameters())
+
     def forward(self, x):
+        restore = None
+        if self._runs_channels_last(x) and not x.is_contiguous(memory_format=torch.channels_last):
+            restore, x = torch.contiguous_format, x.contiguous(memory_format=torch.channels_last)
         for layer in self:
             affine = frozen_affine(layer.norm) if isinstance(layer, Conv2d) else None
             if affine is None:
@@ -80,4 +91,4 @@ class DepthwiseGather(nn.Sequential):
                 scale, shift = affine
                 x = F.conv2d(x, layer.weight * scale.reshape(-1, 1, 1, 1), shift, layer.stride, layer.padding,
                              layer.dilation, layer.groups)
-        return x
+        return x if restore is None else x.contiguous(memory_format=restore)
