@@ -104,6 +104,19 @@ def test_frozen_stage_folds_without_gradients():
     torch.testing.assert_close(out, unfused_chain(gather, x), rtol=1e-12, atol=1e-12)
 
 
+def test_hooks_on_a_folded_norm_see_its_input():
+    """A forward hook on a frozen norm (e.g. to record or calibrate its statistics) is called with the
+    conv's output, as in the unfolded chain, and the gather's output is unchanged."""
+    gather = make_gather(4, "FrozenBN").eval()
+    x = torch.randn(2, C, 13, 11, dtype=torch.float64)
+    seen = []
+    handle = gather[0].norm.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    out = gather(x)
+    handle.remove()
+    torch.testing.assert_close(seen[0], F.conv2d(x, gather[0].weight, None, 2, 1, 1, C), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, unfused_chain(gather, x), rtol=1e-12, atol=1e-12)
+
+
 def old_sequential(channels, extent, norm):
     """The gather's checkpoint layout: an nn.Sequential of detectron2 Conv2d (norm inside) and ReLU."""
     from detectron2.layers import get_norm

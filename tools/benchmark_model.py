@@ -11,8 +11,8 @@ the weights, so the proposals and the work, stay fixed from iteration to iterati
 
 Equal work in the RoI heads: with its frozen norms at their initial identity, a randomly initialised
 ResNet's activations grow from block to block, the RPN regresses most anchors off the image, and how
-many proposals survive, hence how many RoIs the box head gets, depends on the model (at 2 x 224x320:
-23 RoIs per training step for R50, 529 for GE-θ). So each model's frozen norms are first given the
+many proposals survive, hence how many RoIs the box head gets, depends on the model (docs/benchmarks.md:
+at 2 x 224x320, 20 RoIs per training step for R50 and 362 for GE-θ). So each model's frozen norms are first given the
 mean and variance of their inputs on the benchmark batch, as a pretrained backbone's frozen norms have
 them; every model then gets the config's full 1000 proposals per image and 512 sampled RoIs per image.
 ``--no-calibrate-norms`` keeps the identity norms.

@@ -40,6 +40,12 @@ def frozen_affine(norm):
     return scale, torch.addcmul(bias, norm.running_mean, scale, value=-1)
 
 
+def _has_hooks(conv):
+    """Whether forward hooks are registered on the conv or its norm: those layers are then called as
+    modules (not folded), so that the hooks see their inputs and outputs."""
+    return any(m._forward_pre_hooks or m._forward_hooks for m in (conv, conv.norm))
+
+
 def _depthwise(channels, kernel_size, stride, padding, norm):
     conv = Conv2d(channels, channels, kernel_size, stride=stride, padding=padding, groups=channels,
                   bias=False, norm=get_norm(norm, channels))
@@ -56,7 +62,8 @@ class DepthwiseGather(nn.Sequential):
     so the state_dict keys are ``0.weight``, ``0.norm.weight``, ... (global: ``1.weight``, ...). The forward
     folds a norm that is a fixed affine map (``frozen_affine``: FrozenBN, or BN in eval mode) into its
     conv, ``conv(x, w * scale) + shift``: the same function, without the norm's own pass over the conv's
-    output and the backward of that pass. Other norms (BN in training, GN, ...) run after the conv.
+    output and the backward of that pass. Other norms (BN in training, GN, ...) run after the conv, and so
+    does any norm with forward hooks (they see its input, as in an unfolded chain).
     On the CPU, a gather that will be differentiated runs its chain in channels_last and returns the gate
     in the input's layout: oneDNN's depthwise backward in NCHW takes several times as long as the layout
     conversion plus the channels_last backward (docs/benchmarks.md). Without gradients (inference, a frozen
@@ -84,7 +91,7 @@ class DepthwiseGather(nn.Sequential):
         if self._runs_channels_last(x) and not x.is_contiguous(memory_format=torch.channels_last):
             restore, x = torch.contiguous_format, x.contiguous(memory_format=torch.channels_last)
         for layer in self:
-            affine = frozen_affine(layer.norm) if isinstance(layer, Conv2d) else None
+            affine = frozen_affine(layer.norm) if isinstance(layer, Conv2d) and not _has_hooks(layer) else None
             if affine is None:
                 x = layer(x)
             else:
