@@ -117,6 +117,20 @@ def test_hooks_on_a_folded_norm_see_its_input():
     torch.testing.assert_close(out, unfused_chain(gather, x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("extent", [8, 0])
+def test_gather_without_norm_is_the_bare_chain(extent):
+    """norm "" (no norm layer, detectron2's get_norm): the convs and ReLUs alone, forward and backward."""
+    gather = make_gather(extent, "")
+    assert all(layer.norm is None for layer in gather if isinstance(layer, Conv2d))
+    x = torch.randn(2, C, 17, 23, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out, expected = gather(x), unfused_chain(gather, x_ref)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    out.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-12, atol=1e-12)
+
+
 def old_sequential(channels, extent, norm):
     """The gather's checkpoint layout: an nn.Sequential of detectron2 Conv2d (norm inside) and ReLU."""
     from detectron2.layers import get_norm

@@ -43,7 +43,7 @@ def frozen_affine(norm):
 def _has_hooks(conv):
     """Whether forward hooks are registered on the conv or its norm: those layers are then called as
     modules (not folded), so that the hooks see their inputs and outputs."""
-    return any(m._forward_pre_hooks or m._forward_hooks for m in (conv, conv.norm))
+    return any(m._forward_pre_hooks or m._forward_hooks for m in (conv, conv.norm) if m is not None)
 
 
 def _depthwise(channels, kernel_size, stride, padding, norm):
