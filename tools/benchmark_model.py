@@ -7,8 +7,24 @@ Built from detectron2's model-zoo config COCO-Detection/faster_rcnn_R_50_FPN_1x.
 ``add_ge_config`` and the GE-ResNet FPN backbone, randomly initialised. A training step is forward,
 backward and the optimizer step (SGD from detectron2's build_optimizer) on one fixed synthetic batch,
 under AMP (float16 autocast + GradScaler) on CUDA. The learning rate is 0: the step costs the same, and
-the weights, so the proposals and the work, stay fixed from iteration to iteration. Times are medians;
-the models take turns step by step, so that background load on a shared machine hits all alike.
+the weights, so the proposals and the work, stay fixed from iteration to iteration.
+
+Equal work in the RoI heads: with its frozen norms at their initial identity, a randomly initialised
+ResNet's activations grow from block to block, the RPN regresses most anchors off the image, and how
+many proposals survive, hence how many RoIs the box head gets, depends on the model (docs/benchmarks.md:
+at 2 x 224x320, 20 RoIs per training step for R50 and 362 for GE-θ). So each model's frozen norms are first given the
+mean and variance of their inputs on the benchmark batch, as a pretrained backbone's frozen norms have
+them; every model then gets the config's full 1000 proposals per image and 512 sampled RoIs per image.
+``--no-calibrate-norms`` keeps the identity norms.
+
+Times are taken in rounds; a round runs every model once, starting one model later each round, so
+that background load on a shared machine hits all alike. The table gives the median over the rounds and
+the best (minimum) time: load only ever adds time, so on a shared machine the best is the closer
+estimate of an idle machine's time; the load average before and after is printed.
+The per-block breakdown then times each bottleneck block's parts on the inputs the block saw in a
+training step, the models taking turns in the same way: its convolutions (conv1 to conv3 and the
+shortcut), its gather, and its tail (the excite relu(x * sigmoid(up(g)) + shortcut), or relu(x + shortcut)
+without GE), for training (forward + backward) and inference (forward), summed over each stage's blocks.
 
     python tools/benchmark_model.py                   # CUDA: 2 images of 800x1216, 50 steps
     python tools/benchmark_model.py --device cpu      # CPU: 2 images of 224x320, 5 steps
@@ -21,22 +37,27 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 import ge_detectron  # noqa: F401  (compat fixes and registration before detectron2 is used)
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from ge_detectron import add_ge_config
 from ge_detectron import ops
+from ge_detectron.layers import excite_residual_reference
 
 from benchmark_excite import cpu_name  # tools/ is on sys.path when this script runs
 
 # name, MODEL.GE.VARIANT, MODEL.GE.FUSED
 MODELS = [("R50", "none", "off"), ("GE-θ⁻ reference", "theta_minus", "off"), ("GE-θ⁻ fused", "theta_minus", "on"),
           ("GE-θ reference", "theta", "off"), ("GE-θ fused", "theta", "on")]
+MODES = ("train", "inference")
+STATISTICS = {"median": statistics.median, "min": min}
 
 
 def parse_args():
@@ -46,21 +67,32 @@ def parse_args():
     p.add_argument("--batch", type=int, default=2, help="images per step")
     p.add_argument("--iters", type=int, help="timed training steps (default 50 CUDA, 5 CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 10 CUDA, 2 CPU)")
+    p.add_argument("--breakdown-iters", type=int,
+                   help="rounds of the per-block breakdown (default 50 CUDA, 10 CPU; 0 skips it)")
+    p.add_argument("--breakdown-stat", choices=sorted(STATISTICS), default="median",
+                   help="the breakdown's statistic over rounds: min is the better estimate on a loaded machine")
     p.add_argument("--extent", type=int, default=8, help="GE extent (0 = global)")
     p.add_argument("--stages", nargs="+", default=["res3", "res4", "res5"], help="stages with GE")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    p.add_argument("--calibrate-norms", action=argparse.BooleanOptionalAction, default=True,
+                   help="give the frozen norms their inputs' statistics first (see above)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the breakdown, print torch.profiler's op tables of the GE models' gathers and tails")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--json", default="output/benchmark_model_{device}.json")
     args = p.parse_args()
     cuda = args.device == "cuda"
     args.image = args.image or ("800x1216" if cuda else "224x320")
-    args.iters = args.iters or (50 if cuda else 5)
+    args.iters = args.iters if args.iters is not None else (50 if cuda else 5)
+    if args.iters < 1:
+        p.error(f"--iters {args.iters}: time at least one step")
     args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    args.breakdown_iters = args.breakdown_iters if args.breakdown_iters is not None else (50 if cuda else 10)
     args.amp = cuda if args.amp is None else args.amp
     return args
 
 
-def build(variant, fused, args):
+def build(variant, fused, args, batch):
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
     add_ge_config(cfg)
@@ -74,7 +106,25 @@ def build(variant, fused, args):
     cfg.SOLVER.BASE_LR = 0.0
     torch.manual_seed(0)
     model = build_model(cfg)
+    if args.calibrate_norms:
+        calibrate_frozen_norms(model, batch)
     return model, build_optimizer(cfg, model)
+
+
+def calibrate_frozen_norms(model, batch):
+    """Set every FrozenBatchNorm2d's running mean and variance to those of its input on ``batch``, in one
+    inference pass: each norm sees its input as normalised by the norms before it."""
+    def set_statistics(norm, inputs):
+        x = inputs[0].double()
+        norm.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        norm.running_var.copy_(x.var(dim=(0, 2, 3)))
+
+    hooks = [m.register_forward_pre_hook(set_statistics) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    model.eval()
+    with torch.no_grad():
+        model(inference_inputs(batch))
+    for hook in hooks:
+        hook.remove()
 
 
 def synthetic_batch(args):
@@ -91,26 +141,42 @@ def synthetic_batch(args):
     return batch
 
 
+def inference_inputs(batch):
+    return [{k: v for k, v in d.items() if k != "instances"} for d in batch]
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
 
 
+def timed_ms(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def rotations(names, iters):
+    """`iters` orders of `names`, each starting one later than the one before."""
+    for i in range(iters):
+        k = i % len(names)
+        yield names[k:] + names[:k]
+
+
 def round_robin_ms(fns, iters, warmup, device):
-    """Median ms of each function over `iters` rounds after `warmup`; a round runs every function once,
-    so that background load on a shared machine hits all models alike."""
+    """The ms of each call of each function over `iters` rounds after `warmup`. A round calls every
+    function once, starting one later each round, so that background load on a shared machine and the
+    caches left by the function before hit all alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    for order in rotations(list(fns), iters):
+        for name in order:
+            times[name].append(timed_ms(fns[name], device))
+    return times
 
 
 def train_step_fn(model, optimizer, batch, args):
@@ -129,7 +195,7 @@ def train_step_fn(model, optimizer, batch, args):
 
 
 def inference_fn(model, batch, args):
-    inputs = [{k: v for k, v in d.items() if k != "instances"} for d in batch]
+    inputs = inference_inputs(batch)
 
     def infer():
         model.eval()
@@ -137,6 +203,150 @@ def inference_fn(model, batch, args):
             model(inputs)
 
     return infer
+
+
+def count_rois(model):
+    """A list that gets, on each forward of the model's box head, the number of RoIs it was given."""
+    counts = []
+    model.roi_heads.box_head.register_forward_pre_hook(lambda module, inputs: counts.append(len(inputs[0])))
+    return counts
+
+
+def block_parts(block, device):
+    """(part, function, names of its inputs) for the parts of one bottleneck block: convolutions, gather, tail."""
+    def convs(x):
+        out = F.relu_(block.conv1(x))
+        out = F.relu_(block.conv2(out))
+        return block.conv3(out), block.shortcut(x) if block.shortcut is not None else x
+
+    ge = getattr(block, "ge", None)
+    if ge is None:
+        return [("convs", convs, ["x"]), ("tail", lambda out, shortcut: F.relu_(out + shortcut), ["out", "shortcut"])]
+    excite = ops.excite_residual if device in ge.fused else excite_residual_reference
+    return [("convs", convs, ["x"]), ("gather", ge.gather_logits, ["out"]), ("tail", excite, ["out", "g", "shortcut"])]
+
+
+def part_call(fn, inputs, params, mode, args):
+    """A call of ``fn(*inputs)`` under the benchmark's autocast. Training: forward, then the gradients of
+    the inputs and ``params`` that require them (none in a frozen stage) for fixed random gradients of the
+    outputs, returned rather than accumulated into ``.grad``; inference: forward without autograd."""
+    def forward():
+        with torch.autocast(args.device, dtype=torch.float16, enabled=args.amp):
+            out = fn(*inputs)
+        return [t for t in (out if isinstance(out, tuple) else (out,)) if t.requires_grad]
+
+    if mode == "inference":
+        return torch.no_grad()(forward)
+    grads = [torch.randn_like(t) for t in forward()]
+    leaves = [t for t in [*inputs, *params] if t.requires_grad]
+
+    def forward_backward():
+        outputs = forward()
+        if grads:
+            torch.autograd.grad(outputs, leaves, grads, allow_unused=True)
+    return forward_backward
+
+
+def block_part_calls(model, batch, args):
+    """{mode: [(stage, part, call)]} for the parts of every bottleneck block of the model's bottom-up
+    ResNet, on the inputs each block saw in a training forward, each input requiring gradients as there."""
+    resnet = model.backbone.bottom_up
+    blocks = [(name, block) for name, stage in zip(resnet.stage_names, resnet.stages) for block in stage]
+    seen = {}
+
+    def keep_input(i):
+        def hook(module, inputs, output):
+            seen.setdefault(i, inputs[0])
+        return hook
+
+    hooks = [block.register_forward_hook(keep_input(i)) for i, (_, block) in enumerate(blocks)]
+    model.train()
+    with EventStorage(), torch.autocast(args.device, dtype=torch.float16, enabled=args.amp):
+        model(batch)
+    for hook in hooks:
+        hook.remove()
+    calls = {mode: [] for mode in MODES}
+    for i, (stage, block) in enumerate(blocks):
+        parts = block_parts(block, args.device)
+        x = seen[i].detach().requires_grad_(seen[i].requires_grad)
+        with torch.no_grad(), torch.autocast(args.device, dtype=torch.float16, enabled=args.amp):
+            out, shortcut = parts[0][1](x)
+            tensors = {"x": x, "out": out, "shortcut": shortcut}
+            if len(parts) == 3:
+                tensors["g"] = parts[1][1](out)
+        params = list(block.parameters())
+        trains = x.requires_grad or any(p.requires_grad for p in params)
+        for name in ("out", "g") + (() if shortcut is x else ("shortcut",)):
+            if name in tensors:
+                tensors[name].requires_grad_(trains)
+        for part, fn, names in parts:
+            for mode in MODES:
+                calls[mode].append((stage, part, part_call(fn, [tensors[n] for n in names], params, mode, args)))
+    return calls
+
+
+def breakdown_ms(built, calls, args):
+    """{(model, stage, part, mode): ms per step}: the median over rounds of the part's time summed over the
+    stage's blocks, for ``calls[model]`` from block_part_calls. A round runs all parts of one model, then
+    of the next, starting one model later each round, as the whole steps do."""
+    result = {}
+    for mode in MODES:
+        for model, _ in built.values():
+            model.train(mode == "train")
+        rounds = {}
+        for i, order in enumerate(rotations(list(built), args.breakdown_iters + 1)):
+            for name in order:
+                sums = {}
+                for stage, part, call in calls[name][mode]:
+                    sums[stage, part] = sums.get((stage, part), 0.0) + timed_ms(call, args.device)
+                if i:  # the first round warms up
+                    for key, ms in sums.items():
+                        rounds.setdefault((name, *key, mode), []).append(ms)
+        result.update({key: STATISTICS[args.breakdown_stat](ms) for key, ms in rounds.items()})
+    return result
+
+
+def print_profiles(built, calls, args):
+    """torch.profiler's op table of each GE model's gathers and tails in training (forward + backward)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if args.device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    sort_by = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    for name, (model, _) in built.items():
+        model.train()
+        for part in ("gather", "tail"):
+            part_calls = [call for _, p, call in calls[name]["train"] if p == part]
+            if not part_calls:
+                continue
+            with torch.profiler.profile(activities=activities) as prof:
+                for _ in range(args.breakdown_iters):
+                    for call in part_calls:
+                        call()
+                    sync(args.device)
+            print(f"\n{name}: the {part} of every block, forward + backward, {args.breakdown_iters} rounds "
+                  f"(divide the totals by {args.breakdown_iters} for one step)")
+            print(prof.key_averages().table(sort_by=sort_by, row_limit=15))
+
+
+def print_breakdown(breakdown, names, args):
+    stages = list(dict.fromkeys(stage for _, stage, _, _ in breakdown))
+    columns = [(part, mode) for part in ("convs", "gather", "tail", "sum") for mode in MODES]
+
+    def cell(name, stage, part, mode):
+        ms = [v for (n, s, p, m), v in breakdown.items()
+              if n == name and m == mode and stage in (s, "all") and part in (p, "sum")]
+        width = 14 if mode == "train" else 8
+        return f"{sum(ms):>{width}.1f}" if ms else f"{'-':>{width}}"
+
+    print(f"\nper-block breakdown: ms per step, each stage's blocks summed, {args.breakdown_stat} of "
+          f"{args.breakdown_iters} rounds; "
+          "train = forward + backward, infer = forward;\ntail = relu(excite + shortcut), or relu(x + shortcut) "
+          "without GE; sum = convs + gather + tail")
+    print(f"{'model':<18}{'stage':<7}" + "".join(f"{p + ' train':>14}" if m == "train" else f"{'infer':>8}"
+                                             for p, m in columns))
+    for name in names:
+        for stage in stages + ["all"]:
+            print(f"{name:<18}{stage:<7}" + "".join(cell(name, stage, p, m) for p, m in columns))
 
 
 def main():
@@ -149,29 +359,54 @@ def main():
               "fused models skipped")
     batch = synthetic_batch(args)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
+    load = [os.getloadavg()]
     print(f"{device_name} | torch {torch.__version__} | {args.batch} x {args.image} | AMP {args.amp} | "
           f"threads {torch.get_num_threads()} | GE extent {args.extent} in {', '.join(args.stages)} | "
-          f"median of {args.iters} steps, the models taking turns")
-    built = {name: build(variant, fused, args) for name, variant, fused in models}
+          f"frozen norms {'calibrated' if args.calibrate_norms else 'identity'} | {args.iters} rounds, "
+          f"the models taking turns | load average {load[0][0]:.2f}")
+    built = {name: build(variant, fused, args, batch) for name, variant, fused in models}
+    rois = {name: count_rois(model) for name, (model, _) in built.items()}
     with EventStorage():  # detectron2's training losses log to it
         train = round_robin_ms({name: train_step_fn(m, opt, batch, args) for name, (m, opt) in built.items()},
                                args.iters, args.warmup, args.device)
+    train_rois = {name: counts[-1] for name, counts in rois.items()}
     infer = round_robin_ms({name: inference_fn(m, batch, args) for name, (m, _) in built.items()},
                            args.iters, args.warmup, args.device)
-    rows = [{"model": name, "variant": variant, "fused": fused, "train_step_ms": train[name],
-             "inference_images_per_s": len(batch) / infer[name] * 1e3} for name, variant, fused in models]
-    base = rows[0]
-    print(f"{'model':<18}{'train step ms':>15}{'vs R50':>8}{'infer img/s':>13}{'vs R50':>8}")
+    load.append(os.getloadavg())
+    rows = []
+    for name, variant, fused in models:
+        rows.append({"model": name, "variant": variant, "fused": fused, "train_rois": train_rois[name],
+                     "inference_rois": rois[name][-1], "train_step_ms_all": train[name], "inference_ms_all": infer[name]})
+        for stat, fn in (("", statistics.median), ("_min", min)):
+            rows[-1][f"train_step_ms{stat}"] = fn(train[name])
+            rows[-1][f"inference_images_per_s{stat}"] = len(batch) / fn(infer[name]) * 1e3
+    print(f"{'':<18}{'median':^30}{'best (min ms)':^30}")
+    print(f"{'model':<18}" + f"{'train ms':>10}{'vs R50':>7}{'img/s':>7}{'vs R50':>7}" * 2 + f"{'RoIs train/infer':>19}")
     for r in rows:
-        r["train_vs_r50"] = r["train_step_ms"] / base["train_step_ms"]
-        r["inference_vs_r50"] = r["inference_images_per_s"] / base["inference_images_per_s"]
-        print(f"{r['model']:<18}{r['train_step_ms']:>15.1f}{r['train_vs_r50']:>8.3f}"
-              f"{r['inference_images_per_s']:>13.2f}{r['inference_vs_r50']:>8.3f}")
+        cells = []
+        for stat in ("", "_min"):
+            r[f"train_vs_r50{stat}"] = r[f"train_step_ms{stat}"] / rows[0][f"train_step_ms{stat}"]
+            r[f"inference_vs_r50{stat}"] = r[f"inference_images_per_s{stat}"] / rows[0][f"inference_images_per_s{stat}"]
+            cells.append(f"{r[f'train_step_ms{stat}']:>10.1f}{r[f'train_vs_r50{stat}']:>7.3f}"
+                         f"{r[f'inference_images_per_s{stat}']:>7.2f}{r[f'inference_vs_r50{stat}']:>7.3f}")
+        print(f"{r['model']:<18}{''.join(cells)}{str(r['train_rois']) + ' / ' + str(r['inference_rois']):>19}")
+    print(f"load average (1 min) {load[0][0]:.2f} before, {load[1][0]:.2f} after the steps")
+    breakdown = {}
+    if args.breakdown_iters:
+        calls = {name: block_part_calls(model, batch, args) for name, (model, _) in built.items()}
+        breakdown = breakdown_ms(built, calls, args)
+        print_breakdown(breakdown, list(built), args)
+        load.append(os.getloadavg())
+        print(f"load average (1 min) {load[-1][0]:.2f} after the breakdown")
+        if args.profile:
+            print_profiles(built, calls, args)
     path = args.json.format(device=args.device)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump({"device": device_name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-                   "threads": torch.get_num_threads(), "args": vars(args), "results": rows}, f, indent=1)
+                   "threads": torch.get_num_threads(), "args": vars(args), "load_average": load, "results": rows,
+                   "breakdown_ms": [{"model": n, "stage": s, "part": p, "mode": m, "ms": v}
+                                    for (n, s, p, m), v in breakdown.items()]}, f, indent=1)
     print(f"wrote {path}")
 
 

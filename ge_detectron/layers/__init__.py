@@ -4,3 +4,4 @@ from .gather_excite import (
     excite_reference,
     excite_residual_reference,
 )
+from .gathers import AverageGather, DepthwiseGather

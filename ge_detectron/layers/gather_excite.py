@@ -19,11 +19,11 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import Conv2d, get_norm
 from detectron2.utils.logger import log_first_n
 from torch import nn
 
 from .. import ops
+from .gathers import AverageGather, DepthwiseGather
 
 __all__ = ["GatherExcite", "build_gather_excite", "excite_reference", "excite_residual_reference", "GE_VARIANTS",
            "FUSED_MODES", "extent_error"]
@@ -52,44 +52,6 @@ def excite_reference(x, g):
 def excite_residual_reference(x, g, shortcut):
     """The bottleneck tail with GE: ``relu(x * sigmoid(up(g)) + shortcut)``."""
     return F.relu(excite_reference(x, g) + shortcut)
-
-
-class AverageGather(nn.Module):
-    """Parameter-free gather: global mean, or average pooling over a (2e-1)^2 window at stride e."""
-
-    def __init__(self, extent):
-        super().__init__()
-        self.extent = extent
-
-    def forward(self, x):
-        if self.extent == 0:
-            return x.mean(dim=(2, 3), keepdim=True)
-        e = self.extent
-        return F.avg_pool2d(x, kernel_size=2 * e - 1, stride=e, padding=e - 1, count_include_pad=False)
-
-    def extra_repr(self):
-        return f"extent={self.extent}"
-
-
-def _depthwise(channels, kernel_size, stride, padding, norm):
-    conv = Conv2d(channels, channels, kernel_size, stride=stride, padding=padding, groups=channels,
-                  bias=False, norm=get_norm(norm, channels))
-    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")  # msra filler, fan_in = k^2
-    return conv
-
-
-def depthwise_gather(channels, extent, norm, global_kernel):
-    """GE-θ gather. Extent e: log2(e) stride-2 3x3 depthwise convs + norm, ReLU between them.
-    Global: resize to ``global_kernel`` x ``global_kernel`` (identity at the pretraining size),
-    then one depthwise conv whose kernel covers the whole map, + norm."""
-    if extent == 0:
-        return nn.Sequential(nn.AdaptiveAvgPool2d(global_kernel), _depthwise(channels, global_kernel, 1, 0, norm))
-    layers = []
-    for i in range(extent.bit_length() - 1):
-        if i:
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(_depthwise(channels, 3, 2, 1, norm))
-    return nn.Sequential(*layers)
 
 
 def excite_mlp(channels, reduction):
@@ -151,7 +113,7 @@ class GatherExcite(nn.Module):
         if variant in ("theta_minus", "se"):
             self.gather = AverageGather(extent)
         else:
-            self.gather = depthwise_gather(channels, extent, norm, global_kernel)
+            self.gather = DepthwiseGather(channels, extent, norm, global_kernel)
         self.mlp = excite_mlp(channels, reduction) if variant in ("theta_plus", "se") else None
         self.fused = _use_fused(fused)
 
