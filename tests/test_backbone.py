@@ -151,3 +151,10 @@ def test_bad_config_values_raise_value_errors_naming_key_and_value(key, value, m
 def test_unsupported_depth_is_a_clear_error():
     with pytest.raises(GEConfigError, match="MODEL.RESNETS.DEPTH = 34 is invalid"):
         build_backbone(cfg_for("c4", depth=34))
+
+
+@pytest.mark.parametrize("variant", ["none", "theta_plus_plus", None])
+def test_ge_bottleneck_without_a_ge_variant_cannot_be_built(variant):
+    # A GEBottleneckBlock always has a GE module for its tail: "none" is a plain BottleneckBlock instead.
+    with pytest.raises(ValueError, match=rf"GEBottleneckBlock ge_variant={re.escape(repr(variant))} is invalid"):
+        GEBottleneckBlock(64, 256, bottleneck_channels=64, ge_variant=variant)

@@ -49,7 +49,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from ge_detectron import add_ge_config
 from ge_detectron import ops
-from ge_detectron.layers import excite_residual_reference
+from ge_detectron.layers import excite_residual_reference, uses_fused_op
 
 from benchmark_excite import cpu_name  # tools/ is on sys.path when this script runs
 
@@ -222,7 +222,7 @@ def block_parts(block, device):
     ge = getattr(block, "ge", None)
     if ge is None:
         return [("convs", convs, ["x"]), ("tail", lambda out, shortcut: F.relu_(out + shortcut), ["out", "shortcut"])]
-    excite = ops.excite_residual if device in ge.fused else excite_residual_reference
+    excite = ops.excite_residual if uses_fused_op(ge.fused, device) else excite_residual_reference
     return [("convs", convs, ["x"]), ("gather", ge.gather_logits, ["out"]), ("tail", excite, ["out", "g", "shortcut"])]
 
 

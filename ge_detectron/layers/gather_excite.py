@@ -25,7 +25,7 @@ from torch import nn
 from .. import ops
 from .gathers import AverageGather, DepthwiseGather
 
-__all__ = ["GatherExcite", "build_gather_excite", "excite_reference", "excite_residual_reference", "GE_VARIANTS",
+__all__ = ["GatherExcite", "build_gather_excite", "uses_fused_op", "excite_reference", "excite_residual_reference", "GE_VARIANTS",
            "FUSED_MODES", "extent_error"]
 
 GE_VARIANTS = ("theta_minus", "theta", "theta_plus", "se")
@@ -64,28 +64,33 @@ def excite_mlp(channels, reduction):
     return mlp
 
 
-def _use_fused(fused):
-    """The device types on which GatherExcite calls the fused operator: for "auto" those with its native
-    kernels (Triton on CUDA, C++ on the CPU), for "on" both (an error if this machine's device has none),
-    for "off" none. Logs the path once."""
+def uses_fused_op(fused, device_type):
+    """Whether GatherExcite with ``fused`` ("auto", "on", "off") calls the fused operator on tensors of
+    ``device_type``: for "auto" where the operator has native kernels (Triton on CUDA, C++ on the CPU),
+    for "on" always, for "off" never."""
+    return fused == "on" or (fused == "auto" and ops.native_kernels(device_type) is not None)
+
+
+def check_fused(fused):
+    """Raise unless ``fused`` is valid and, for "on", this machine's device has the operator's kernels;
+    log once which path runs on each device."""
     if fused not in FUSED_MODES:
         raise ValueError(f"fused={fused!r} is invalid: allowed are {', '.join(map(repr, FUSED_MODES))}.")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if fused == "on" and ops.native_kernels(device) is None:
         raise RuntimeError(f"fused='on' but the fused excite operator has no {device.upper()} kernels "
                            f"here: {ops.unavailable_reason(device)}. Or use fused='auto' or 'off'.")
-    native = [d for d in ("cuda", "cpu") if ops.native_kernels(d)]
-    devices = {"off": (), "on": ("cuda", "cpu")}.get(fused, tuple(native))
-    paths = []
-    for d, where in (("cuda", "CUDA"), ("cpu", "the CPU")):
-        if d in devices:
-            paths.append(f"{ops.native_kernels(d) or 'PyTorch ops'} of torch.ops.ge_detectron on {where}")
-        else:
-            why = f" ({ops.unavailable_reason(d)})" if fused == "auto" else ""
-            paths.append(f"the pure-PyTorch reference on {where}{why}")
-    path = ", ".join(paths) if devices else "the pure-PyTorch reference"
+    if fused == "off":
+        path = "the pure-PyTorch reference"
+    else:
+        paths = []
+        for d, where in (("cuda", "CUDA"), ("cpu", "the CPU")):
+            if uses_fused_op(fused, d):
+                paths.append(f"{ops.native_kernels(d) or 'PyTorch ops'} of torch.ops.ge_detectron on {where}")
+            else:
+                paths.append(f"the pure-PyTorch reference on {where} ({ops.unavailable_reason(d)})")
+        path = ", ".join(paths)
     log_first_n(logging.INFO, f"Gather-Excite excite path: {path} (fused={fused!r})", key="message")
-    return devices
 
 
 class GatherExcite(nn.Module):
@@ -97,7 +102,7 @@ class GatherExcite(nn.Module):
         norm: detectron2 norm name for the depthwise gather convs (theta, theta_plus).
         reduction: channel reduction of the excite MLP (theta_plus, se).
         global_kernel: side of the global depthwise kernel (the map size at pretraining input).
-        fused: "auto", "on" or "off": whether to use the fused excite operator (see ``_use_fused``).
+        fused: "auto", "on" or "off": whether to use the fused excite operator (see ``uses_fused_op``).
     """
 
     def __init__(self, channels, variant="theta", extent=0, norm="BN", reduction=16, global_kernel=7,
@@ -115,7 +120,8 @@ class GatherExcite(nn.Module):
         else:
             self.gather = DepthwiseGather(channels, extent, norm, global_kernel)
         self.mlp = excite_mlp(channels, reduction) if variant in ("theta_plus", "se") else None
-        self.fused = _use_fused(fused)
+        check_fused(fused)
+        self.fused = fused
 
     def gather_logits(self, x):
         """The pre-sigmoid gate g of shape (N, C, ceil(H/e), ceil(W/e)), or (N, C, 1, 1) if global."""
@@ -148,13 +154,13 @@ class GatherExcite(nn.Module):
     def forward(self, x, shortcut=None):
         self.check_inputs(x, shortcut)
         g = self.gather_logits(x)
-        fused = x.device.type in self.fused
+        fused = uses_fused_op(self.fused, x.device.type)
         if shortcut is None:
             return ops.excite(x, g) if fused else excite_reference(x, g)
         return ops.excite_residual(x, g, shortcut) if fused else excite_residual_reference(x, g, shortcut)
 
     def extra_repr(self):
-        return f"variant={self.variant}, extent={self.extent}, fused={self.fused}"
+        return f"variant={self.variant}, extent={self.extent}, fused={self.fused!r}"
 
 
 def build_gather_excite(variant, channels, **kwargs):

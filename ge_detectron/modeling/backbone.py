@@ -12,7 +12,7 @@ from detectron2.modeling.backbone import FPN, BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from ..config import RESNET_DEPTHS, STAGE_NAMES, ge_resnet_stages_args
-from ..layers import build_gather_excite
+from ..layers import GE_VARIANTS, GatherExcite
 
 __all__ = ["GEBottleneckBlock", "make_ge_stage", "make_ge_resnet_stages", "build_ge_resnet",
            "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone", "build_ge_retinanet_resnet_fpn_backbone"]
@@ -22,13 +22,18 @@ _BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 
 class GEBottleneckBlock(BottleneckBlock):
     """detectron2's ``BottleneckBlock`` with Gather-Excite on the residual branch (after conv3's
-    norm), before the residual add; the GE module computes the whole tail relu(excite + shortcut)."""
+    norm), before the residual add; the GE module computes the whole tail relu(excite + shortcut)
+    (docs/design.md says why). ``ge_variant`` is one of GatherExcite's variants: blocks without GE
+    are detectron2's ``BottleneckBlock`` (``make_ge_stage`` with ``ge_variant="none"``)."""
 
     def __init__(self, in_channels, out_channels, *, ge_variant, ge_extent=0, ge_norm="BN", ge_reduction=16,
                  ge_global_kernel=7, ge_fused="auto", **kwargs):
+        if ge_variant not in GE_VARIANTS:
+            raise ValueError(f"GEBottleneckBlock ge_variant={ge_variant!r} is invalid: use one of "
+                             f"{', '.join(map(repr, GE_VARIANTS))} (a block without GE is detectron2's BottleneckBlock).")
         super().__init__(in_channels, out_channels, **kwargs)
-        self.ge = build_gather_excite(ge_variant, out_channels, extent=ge_extent, norm=ge_norm,
-                                      reduction=ge_reduction, global_kernel=ge_global_kernel, fused=ge_fused)
+        self.ge = GatherExcite(out_channels, variant=ge_variant, extent=ge_extent, norm=ge_norm,
+                               reduction=ge_reduction, global_kernel=ge_global_kernel, fused=ge_fused)
 
     def forward(self, x):
         out = F.relu_(self.conv1(x))
