@@ -12,7 +12,7 @@ tools/convert_weights.py (docs/pretraining.md).
 """
 import sys
 
-import ge_detectron  # noqa: F401  (compat fixes before detectron2 is used)
+from ge_detectron import compat  # first: compat fixes before detectron2 is used
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -28,6 +28,7 @@ def main(args):
     cfg = get_pretrain_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ge_detectron")
+    compat.log_applied()
     if args.eval_only:
         model = PretrainTrainer.build_model(cfg)
         GECheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -12,25 +12,26 @@ Trailing ``KEY VALUE`` pairs override the config. Evaluation is COCO box AP (COC
 import os
 import sys
 
-import ge_detectron  # noqa: F401  (compat fixes and registration before detectron2 is used)
-from detectron2.data import DatasetMapper, build_detection_train_loader
+from ge_detectron import compat  # first: compat fixes and registration before detectron2 is used
+from detectron2.data import DatasetMapper
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from ge_detectron.checkpoint import GECheckpointer
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.data import DatasetMissingError, prepare_datasets
+from ge_detectron.data.resumable import build_detection_train_loader_resumable
 from ge_detectron.data.sanitize import SkipUnreadableImages, load_train_dataset_dicts
 from ge_detectron.engine import GETrainer, train_or_exit
 from ge_detectron.evaluation import build_coco_evaluator
 from ge_detectron.launch import check_launch_args, launch_from_args
 
 
-class Trainer(GETrainer):  # DefaultTrainer, with DDP on the CPU too and GECheckpointer
+class Trainer(GETrainer):  # DefaultTrainer, with DDP on the CPU too, GECheckpointer and exact resume
     @classmethod
     def build_train_loader(cls, cfg):
-        mapper = SkipUnreadableImages(DatasetMapper(cfg, is_train=True))
-        return build_detection_train_loader(cfg, dataset=load_train_dataset_dicts(cfg), mapper=mapper)
+        return build_detection_train_loader_resumable(cfg, load_train_dataset_dicts(cfg),
+                                                      SkipUnreadableImages(DatasetMapper(cfg, is_train=True)))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -47,6 +48,7 @@ def main(args):
     cfg = setup(args)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ge_detectron")
+    compat.log_applied()
     if args.eval_only:
         model = Trainer.build_model(cfg)
         GECheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
