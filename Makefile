@@ -27,7 +27,7 @@ $(STAMP): setup.py tools/install_detectron2.sh $(wildcard ge_detectron/csrc/*) $
 	PYTHON=$(PY) DETECTRON2_SRC='$(DETECTRON2_SRC)' bash tools/install_detectron2.sh
 	$(PY) -m pip install -q fvcore pycocotools faster-coco-eval opencv-python-headless tabulate pytest hypothesis
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
-	$(PY) -c "import ge_detectron, ge_detectron.layers.excite_op as op; print('ge_detectron', ge_detectron.__version__, '| fused excite op built:', op.is_available())"
+	$(PY) -c "import ge_detectron; from ge_detectron.ops import native_kernels as k; print('ge_detectron', ge_detectron.__version__, '| fused excite op, CPU:', k('cpu'), '| CUDA:', k('cuda'))"
 	@touch $@
 
 DEMO_CONFIG := configs/demo/faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml
@@ -38,6 +38,7 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_excite_triton.py  # the Triton kernels on the CPU
 
 clean:
 	rm -rf build ge_detectron/_C*.so output

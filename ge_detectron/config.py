@@ -27,7 +27,8 @@ def add_ge_config(cfg):
     # Input side at which a global theta/theta_plus depthwise kernel covers the whole map
     # (the paper's 224: kernels 56/28/14/7 for res2..res5). Other inputs are resized to that grid.
     cfg.MODEL.GE.GLOBAL_INPUT_SIZE = 224
-    # Fused excite operator: "auto" (when the C++/CUDA extension is built), "on" (required), "off".
+    # Fused excite operator: "auto" (on the devices with its kernels: Triton on CUDA, C++ on the CPU),
+    # "on" (everywhere; required on this machine's device), "off" (the pure-PyTorch reference).
     cfg.MODEL.GE.FUSED = "auto"
     # Classes of the ImageNet classification head used for pretraining.
     cfg.MODEL.GE.NUM_CLASSES = 1000

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from ge_detectron.config import GEConfigError
-from ge_detectron.layers import GatherExcite, build_gather_excite, excite_op
+from ge_detectron import ops
+from ge_detectron.layers import GatherExcite, build_gather_excite
 
-PATHS = ["off", pytest.param("on", marks=pytest.mark.skipif(not excite_op.is_available(), reason="no extension"))]
+PATHS = ["off", pytest.param("on", marks=pytest.mark.skipif(not ops.native_kernels("cpu"), reason="no extension"))]
 
 
 def make(fused, variant="theta", extent=4, channels=8):

@@ -1,21 +1,28 @@
-"""The fused excite operators torch.ops.ge_detectron.* against the pure-PyTorch reference.
+"""The fused excite operators torch.ops.ge_detectron.* against the pure-PyTorch reference: on the CPU
+(the C++ kernels; PyTorch ops where the extension is not built) and, where a GPU is present, on CUDA
+(the Triton kernels). The Triton kernels on the CPU, under Triton's interpreter: test_excite_triton.py.
 
-Every test but the first skips when the extension is not built; the first fails then if
-GE_REQUIRE_EXTENSION=1 (CI). CUDA cases run where a GPU is present.
+test_extension_is_built fails if GE_REQUIRE_EXTENSION=1 (CI) and the extension is not built; the tests of
+the C++ kernels' own properties skip without it.
 """
+import logging
 import os
+import re
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from ge_detectron import ops
 from ge_detectron.layers import GatherExcite, excite_reference, excite_residual_reference
-from ge_detectron.layers import excite_op
+from ge_detectron.layers import gather_excite
+from ge_detectron.ops import excite_op
 
-needs_extension = pytest.mark.skipif(not excite_op.is_available(), reason=excite_op.unavailable_reason())
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
-OPS = torch.ops.ge_detectron if excite_op.is_available() else None
+needs_extension = pytest.mark.skipif(ops.native_kernels("cpu") is None, reason=ops.unavailable_reason("cpu"))
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_gpu)]
+OPS = torch.ops.ge_detectron
 
 # (x dtype, g dtype): g may be float32 under a float16/bfloat16 x (autocast).
 DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
@@ -64,23 +71,23 @@ def reference(residual, x, g, shortcut):
 def test_extension_is_built():
     if os.environ.get("GE_REQUIRE_EXTENSION") != "1":
         pytest.skip("GE_REQUIRE_EXTENSION=1 requires the extension to be built")
-    assert excite_op.is_available(), excite_op.unavailable_reason()
+    assert ops.native_kernels("cpu") == "C++ kernels", ops.unavailable_reason("cpu")
 
 
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 def test_nearest_rule_is_pytorchs(device):
     """H = 100 from h = 13 (extent 8): F.interpolate's floor(y * 13 / 100) differs from y // 8 on 18 rows."""
     H, h = 100, 13
     rows = F.interpolate(torch.arange(h, dtype=torch.float64).view(1, 1, h, 1), size=(H, 1), mode="nearest")
     assert (rows.flatten().long() != torch.arange(H) // 8).sum() == 18
-    g = torch.randn(2, 3, h, 7, dtype=torch.float64, device=device) * 4
-    x = torch.ones(2, 3, H, 50, dtype=torch.float64, device=device)
+    dtype = torch.float64 if device == "cpu" else torch.float32  # float64 on CUDA would not run the Triton kernels
+    g = torch.randn(2, 3, h, 7, dtype=dtype, device=device) * 4
+    x = torch.ones(2, 3, H, 50, dtype=dtype, device=device)
     expected = torch.sigmoid(F.interpolate(g, size=(H, 50), mode="nearest"))
-    torch.testing.assert_close(OPS.excite(x, g), expected, rtol=1e-15, atol=0)  # a wrong cell is off by far more
+    # A wrong cell is off by far more than the kernels' float32 sigmoid (a few ulp on CUDA).
+    torch.testing.assert_close(OPS.excite(x, g), expected, rtol=1e-15 if device == "cpu" else 1e-6, atol=0)
 
 
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtypes", DTYPES, ids=DTYPE_IDS)
@@ -95,7 +102,6 @@ def test_forward_matches_reference(device, layout, dtypes, residual):
                                    msg=lambda m: f"H={H} W={W} extent={extent}: {m}")
 
 
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtypes", DTYPES, ids=DTYPE_IDS)
@@ -116,13 +122,12 @@ def test_backward_matches_reference(device, layout, dtypes, residual):
                                        msg=lambda m: f"grad_{name}, H={H} W={W} extent={extent}: {m}")
 
 
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
 def test_backward_of_long_bands_matches_reference(device, layout):
-    """Maps whose gate rows span more image rows than one CPU channels_last task takes (W x C = 4480
-    elements: 29 rows per task), so that a gate row's sums are added over several tasks: a global gate
-    (100 rows: 4 tasks) and two gate rows of 51 and 50 rows."""
+    """Maps whose gate rows span more image rows than one channels_last backward task takes (CPU: W x C =
+    4480 elements, 29 rows per task; Triton: 512 // 70 = 7 rows per program), so that a gate cell's sums
+    are added over several tasks: a global gate (100 rows) and two gate rows of 51 and 50 rows."""
     for H, extent in ((100, 0), (101, 64)):
         x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, H, 70, extent, layout, N=1, C=64)
         leaves = [t.detach().requires_grad_() for t in (x, g, shortcut)]
@@ -134,19 +139,17 @@ def test_backward_of_long_bands_matches_reference(device, layout):
                                        msg=lambda m: f"grad_{name}, H={H} extent={extent}: {m}")
 
 
-@needs_extension
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("residual", [False, True], ids=["excite", "residual"])
-def test_gradcheck(device, residual):
+def test_gradcheck(residual):
+    """float64, on the CPU (the Triton kernels take float32 and narrower)."""
     for H, W, extent, layout in [(5, 7, 0, torch.contiguous_format), (5, 7, 2, torch.channels_last),
                                  (9, 6, 4, torch.contiguous_format), (4, 4, 2, torch.contiguous_format)]:
-        inputs = [t.requires_grad_() for t in make_inputs(device, torch.float64, torch.float64, H, W, extent,
+        inputs = [t.requires_grad_() for t in make_inputs("cpu", torch.float64, torch.float64, H, W, extent,
                                                           layout, C=3)[:3]]
         fn = (lambda x, g, s: OPS.excite_residual(x, g, s)) if residual else (lambda x, g, s: OPS.excite(x, g))
         assert torch.autograd.gradcheck(fn, inputs)
 
 
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtypes", [DTYPES[0], DTYPES[3]], ids=["f32", "f16-gf32"])
@@ -162,7 +165,6 @@ def test_opcheck(device, layout, dtypes):
         torch.library.opcheck(op, args)
 
 
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 def test_noncontiguous_inputs(device):
     x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, 26, 34, 4, C=6)
@@ -176,21 +178,19 @@ def test_noncontiguous_inputs(device):
     torch.testing.assert_close(grad_g, gr.grad)
 
 
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
 def test_backward_is_deterministic(device, layout):
-    """Bitwise equal gradients whatever the number of threads (on CPU the tasks' split changes with it):
-    extent 8, a global gate on a large plane, and small planes with a global gate (grouped per span)."""
-    if device == "cuda" and layout == torch.channels_last:
-        pytest.skip("the channels_last CUDA backward sums with atomics")
+    """Bitwise equal gradients from repeated runs, and on the CPU whatever the number of threads (the
+    tasks' split changes with it): extent 8, a global gate on a large plane, and small planes with a global
+    gate (grouped per span)."""
     for H, W, extent, C in ((100, 100, 8, 8), (45, 50, 0, 8), (7, 7, 0, 64)):
         x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, H, W, extent, layout, C=C)
         out = OPS.excite_residual(x, g, shortcut)
         threads = torch.get_num_threads()
         try:
             grads = []
-            for n in (1, 2, 3):
+            for n in (1, 2, 3, 3):
                 torch.set_num_threads(n)
                 grads.append(OPS.excite_residual_backward(grad, out, x, g))
         finally:
@@ -212,20 +212,6 @@ def test_cpu_kernels_run_in_parallel():
         assert b"GOMP_parallel" in so.read()
 
 
-@needs_extension
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-def test_channels_last_cuda_backward_is_flagged_nondeterministic():
-    x, g, shortcut, grad = make_inputs("cuda", torch.float32, torch.float32, 13, 17, 4, torch.channels_last, C=8)
-    out = OPS.excite_residual(x, g, shortcut)
-    try:
-        torch.use_deterministic_algorithms(True)
-        with pytest.raises(RuntimeError, match="does not have a deterministic implementation"):
-            OPS.excite_residual_backward(grad, out, x, g)
-    finally:
-        torch.use_deterministic_algorithms(False)
-
-
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant, extent", [("theta_minus", 8), ("theta", 0), ("theta_plus", 2)])
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
@@ -234,30 +220,34 @@ def test_module_fused_matches_reference(device, variant, extent, layout):
     modules = {fused: GatherExcite(16, variant=variant, extent=extent, norm="BN", global_kernel=7, fused=fused)
                for fused in ("on", "off")}
     modules["off"].load_state_dict(modules["on"].state_dict())
-    # float64: the global theta gather normalises 2 values per channel (BN over N = 2 cells), which would
-    # amplify float32 rounding differences in the parameter gradients.
-    x, _, shortcut, grad = make_inputs(device, torch.float64, torch.float64, 25, 19, extent, layout, C=16)
+    # float64 on the CPU: the global theta gather normalises 2 values per channel (BN over N = 2 cells),
+    # which would amplify float32 rounding differences in the parameter gradients. On CUDA float32 (the
+    # Triton kernels' dtypes), with tolerances to match.
+    dtype, tol = (torch.float64, dict(rtol=1e-10, atol=1e-12)) if device == "cpu" else (torch.float32, {})
+    x, _, shortcut, grad = make_inputs(device, dtype, dtype, 25, 19, extent, layout, C=16)
     results = {}
     for fused, module in modules.items():
-        module.to(device, torch.float64).train()
+        module.to(device, dtype).train()
         leaves = [t.detach().requires_grad_() for t in (x, shortcut)]
         out = module(*leaves)
         out.backward(grad)
         results[fused] = [out, *(t.grad for t in leaves), *(p.grad for p in module.parameters())]
     for on, off in zip(results["on"], results["off"]):
-        torch.testing.assert_close(on, off, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(on, off, **tol)
 
 
-@needs_extension
-@pytest.mark.parametrize("device", DEVICES)
-def test_torch_compile_without_graph_break(device):
+@pytest.mark.parametrize("device, backend", [("cpu", "aot_eager"), pytest.param("cuda", "aot_eager", marks=needs_gpu),
+                                             pytest.param("cuda", "inductor", marks=needs_gpu)])
+def test_torch_compile_without_graph_break(device, backend):
+    """fullgraph: no graph break. On CUDA, AOT autograd traces into the Triton kernels (wrap_triton), which
+    inductor then compiles with the rest of the graph."""
     torch._dynamo.reset()
     x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, 13, 17, 4, C=4)
 
     def fn(x, g, shortcut):
-        return excite_op.excite_residual(x, g, shortcut) + excite_op.excite(x, g)
+        return ops.excite_residual(x, g, shortcut) + ops.excite(x, g)
 
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
     results = []
     for f in (compiled, fn):
         leaves = [t.detach().requires_grad_() for t in (x, g, shortcut)]
@@ -268,7 +258,6 @@ def test_torch_compile_without_graph_break(device):
         torch.testing.assert_close(a, b)
 
 
-@needs_extension
 @pytest.mark.parametrize("device", DEVICES)
 def test_jit_trace_matches_eager(device):
     module = GatherExcite(8, variant="theta_minus", extent=4, fused="on").to(device)
@@ -282,7 +271,6 @@ def test_jit_trace_matches_eager(device):
         torch.testing.assert_close(traced(x2, shortcut2), module(x2, shortcut2), rtol=0, atol=0)
 
 
-@needs_extension
 def test_error_on_shape_mismatch():
     x, g, shortcut, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
     with pytest.raises(RuntimeError, match=r"g must have shape \(N, C, h, w\).*\[2, 20, 13, 17\].*\[2, 19, 4, 5\]"):
@@ -293,18 +281,16 @@ def test_error_on_shape_mismatch():
         OPS.excite_residual(x, g, shortcut[..., 1:])
 
 
-@needs_extension
 def test_error_on_dtype_mismatch():
     x, g, shortcut, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
-    with pytest.raises(RuntimeError, match=r"g must have x's dtype \(Float\), but got Half"):
+    with pytest.raises(RuntimeError, match=r"g must have x's dtype \(torch.float32\), but got torch.float16"):
         OPS.excite(x, g.half())
-    with pytest.raises(RuntimeError, match=r"x must be float32, float64, float16 or bfloat16, but got Int"):
+    with pytest.raises(RuntimeError, match=r"x must be float32, float64, float16 or bfloat16, but got torch.int32"):
         OPS.excite(x.int(), g)
-    with pytest.raises(RuntimeError, match=r"shortcut must have x's dtype \(Float\), but got Double"):
+    with pytest.raises(RuntimeError, match=r"shortcut must have x's dtype \(torch.float32\), but got torch.float64"):
         OPS.excite_residual(x, g, shortcut.double())
 
 
-@needs_extension
 def test_error_on_device_mismatch():
     x, g, shortcut, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
     other = "cuda" if torch.cuda.is_available() else "meta"  # meta: the fake kernels check too
@@ -314,10 +300,68 @@ def test_error_on_device_mismatch():
         OPS.excite_residual(x.to(other), g.to(other), shortcut)
 
 
-@needs_extension
 def test_error_on_rank_mismatch():
     x, g, _, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
     with pytest.raises(RuntimeError, match=r"x must be a 4-D \(N, C, H, W\) tensor, but got a 3-D tensor of shape"):
         OPS.excite(x[0], g)
     with pytest.raises(RuntimeError, match=r"g must be a 4-D \(N, C, h, w\) tensor, but got a 2-D tensor"):
         OPS.excite(x, g[0, 0])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtypes", [DTYPES[0], DTYPES[4]], ids=["f32", "bf16-gf32"])
+@pytest.mark.parametrize("residual", [False, True], ids=["excite", "residual"])
+def test_cpu_without_extension_runs_pytorch_kernels(monkeypatch, layout, dtypes, residual):
+    """Installed without the extension, the operators run on the CPU in PyTorch ops (excite_torch), with
+    the same results, gradients, dtypes and layouts."""
+    monkeypatch.setattr(excite_op, "excite_cpp", None)
+    assert ops.native_kernels("cpu") is None and "not built" in ops.unavailable_reason("cpu")
+    for H, W, extent in ((13, 17, 4), (7, 9, 0), (100, 100, 8)):
+        x, g, shortcut, grad = make_inputs("cpu", *dtypes, H, W, extent, layout, C=6)
+        leaves = [t.detach().requires_grad_() for t in (x, g, shortcut)]
+        out = run(residual, *leaves)
+        assert out.dtype == x.dtype and out.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(out, reference(residual, x, g, shortcut), **FORWARD_TOL[x.dtype])
+        out.backward(grad)
+        ref_leaves = [t.detach().double().requires_grad_() for t in (x, g, shortcut)]
+        reference(residual, *ref_leaves).backward(grad.double())
+        for leaf, ref in zip(leaves[:3 if residual else 2], ref_leaves):
+            torch.testing.assert_close(leaf.grad, ref.grad.to(leaf.dtype), **BACKWARD_TOL[leaf.dtype])
+
+
+def test_meta_tensors_get_shapes_dtypes_and_layouts():
+    x, g, shortcut, grad = (t.to("meta") for t in make_inputs("cpu", torch.bfloat16, torch.float32, 13, 17, 4,
+                                                               torch.channels_last))
+    out = OPS.excite_residual(x, g, shortcut)
+    assert out.device.type == "meta" and out.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    grad_x, grad_g, grad_shortcut = OPS.excite_residual_backward(grad, out, x, g)
+    assert grad_g.dtype == torch.float32 and grad_g.shape == g.shape and grad_shortcut.shape == x.shape
+
+
+@pytest.mark.parametrize("fused", ["auto", "on", "off"])
+def test_fused_mode_logs_the_path_that_runs(fused, caplog):
+    gather_excite._logged_paths.clear()
+    with caplog.at_level(logging.INFO, logger=gather_excite.__name__):
+        module = GatherExcite(8, variant="theta_minus", extent=4, fused=fused)
+    (line,) = [r.getMessage() for r in caplog.records if "excite path" in r.getMessage()]
+    if fused == "off":
+        assert module.fused == () and "the pure-PyTorch reference (MODEL.GE.FUSED='off')" in line
+        return
+    cpu = ops.native_kernels("cpu")
+    assert ("cpu" in module.fused) == (cpu is not None or fused == "on")
+    assert f"{cpu or 'PyTorch ops'} of torch.ops.ge_detectron on the CPU" in line or (
+        fused == "auto" and cpu is None and "the pure-PyTorch reference on the CPU" in line)
+    cuda = ops.native_kernels("cuda")
+    assert ("Triton kernels of torch.ops.ge_detectron on CUDA" in line) == (cuda is not None or fused == "on")
+
+
+def test_fused_on_without_kernels_is_an_error(monkeypatch):
+    monkeypatch.setattr(excite_op, "excite_cpp", None)
+    monkeypatch.setattr(excite_op, "excite_triton", None)
+    device = "CUDA" if torch.cuda.is_available() else "CPU"
+    why = "triton is not installed" if device == "CUDA" else "the C++ extension ge_detectron._C is not built"
+    with pytest.raises(RuntimeError, match=rf"MODEL.GE.FUSED is 'on' but the fused excite operator has no {device} "
+                                           rf"kernels here: {re.escape(why)}.*Or set MODEL.GE.FUSED auto/off"):
+        GatherExcite(8, variant="theta_minus", extent=4, fused="on")
+    assert GatherExcite(8, variant="theta_minus", extent=4, fused="auto").fused == ()  # auto: the reference

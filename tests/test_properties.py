@@ -7,15 +7,15 @@ the scale and the product in float32 as F.interpolate computes them (columns ali
 drawn seed (normal values, so a ReLU boundary is hit with probability ~0); hypothesis draws the rest.
 """
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ge_detectron.layers import GatherExcite, excite_op, excite_reference, excite_residual_reference
+from ge_detectron import ops
+from ge_detectron.layers import GatherExcite, excite_reference, excite_residual_reference
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FUSED = ["off", "on"] if excite_op.is_available() else ["off"]
+FUSED = ["off", "on"] if ops.native_kernels("cpu") else ["off"]
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 EXTENTS = st.sampled_from([0, 2, 4, 8, 16, 32])
 
@@ -129,17 +129,13 @@ def cell_sums(t, h, w):
     return torch.zeros(N, C, h, w, dtype=t.dtype).index_add_(3, source_index(W, w), rows)
 
 
-needs_extension = pytest.mark.skipif(not excite_op.is_available(), reason=excite_op.unavailable_reason())
-
-
-@needs_extension
 @SETTINGS
 @given(op_cases())
 def test_fused_ops_match_the_reference_forward_and_backward(case):
     x, g, shortcut, grad = op_inputs(case)
     residual = case["residual"]
     leaves = [t.detach().requires_grad_() for t in (x, g, shortcut)]
-    out = excite_op.excite_residual(*leaves) if residual else excite_op.excite(*leaves[:2])
+    out = ops.excite_residual(*leaves) if residual else ops.excite(*leaves[:2])
     reference = excite_residual_reference(x, g, shortcut) if residual else excite_reference(x, g)
     assert out.dtype == x.dtype and out.shape == x.shape
     torch.testing.assert_close(out, reference, **tolerance(x.dtype, reference, *([shortcut] if residual else [])))

@@ -5,7 +5,7 @@ x * sigmoid(up(g)) with --op excite, at detection feature-map sizes:
     eager-timm       upsample g, sigmoid, multiply (timm's GatherExcite order)
     eager            sigmoid, upsample, multiply (ge_detectron's reference: the sigmoid on the small map)
     compiled         torch.compile of the reference (CUDA by default; --compile on CPU)
-    fused            torch.ops.ge_detectron (the C++/CUDA operator)
+    fused            torch.ops.ge_detectron: the Triton kernels on CUDA, the C++ kernels on the CPU
 
 Forward, backward (of a retained graph) and both, for global and extent-8 gates, float32 and bfloat16,
 NCHW and channels_last. Each time is the median of --runs runs after --warmup, with the caches flushed
@@ -31,7 +31,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ge_detectron.layers import excite_op, excite_reference, excite_residual_reference
+from ge_detectron import ops
+from ge_detectron.layers import excite_reference, excite_residual_reference
 
 STAGES = [("res2", 256, 4), ("res3", 512, 8), ("res4", 1024, 16), ("res5", 2048, 32)]
 
@@ -104,7 +105,7 @@ def eager(x, g, shortcut):
 
 
 def fused(x, g, shortcut):
-    return excite_op.excite(x, g) if shortcut is None else excite_op.excite_residual(x, g, shortcut)
+    return ops.excite(x, g) if shortcut is None else ops.excite_residual(x, g, shortcut)
 
 
 class Timer:
@@ -189,8 +190,8 @@ def measure(timer, impls, x, g, shortcut, grad):
 
 def main():
     args = parse_args()
-    if not excite_op.is_available():
-        raise SystemExit(f"The fused operator is not built: {excite_op.unavailable_reason()}")
+    if not ops.native_kernels(args.device):
+        raise SystemExit(f"The fused operator has no {args.device} kernels: {ops.unavailable_reason(args.device)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device, residual = args.device, args.op == "residual"
@@ -203,7 +204,8 @@ def main():
         impls["compiled"] = torch.compile(eager)
     impls["fused"] = fused
     name = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
-    print(f"{name} | torch {torch.__version__} | {args.op} | threads {torch.get_num_threads()} | "
+    print(f"{name} | torch {torch.__version__} | fused: {ops.native_kernels(device)} | {args.op} | "
+          f"threads {torch.get_num_threads()} | "
           f"copy {copy_gbps:.1f} GB/s | median of {args.runs} runs | "
           f"glibc keeps freed memory: {args.keep_freed_memory}")
     results = []
@@ -246,6 +248,7 @@ def main():
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump({"device": name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+                   "fused_kernels": ops.native_kernels(device),
                    "op": args.op, "threads": torch.get_num_threads(), "copy_gbps": copy_gbps,
                    "args": vars(args), "results": results}, f, indent=1)
     print(f"wrote {path}")

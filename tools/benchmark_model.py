@@ -30,7 +30,7 @@ from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from ge_detectron import add_ge_config
-from ge_detectron.layers import excite_op
+from ge_detectron import ops
 
 from benchmark_excite import cpu_name  # tools/ is on sys.path when this script runs
 
@@ -143,9 +143,10 @@ def main():
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = [m for m in MODELS if m[2] == "off" or excite_op.is_available()]
+    models = [m for m in MODELS if m[2] == "off" or ops.native_kernels(args.device)]
     if len(models) < len(MODELS):
-        print(f"the fused operator is not built ({excite_op.unavailable_reason()}): fused models skipped")
+        print(f"the fused operator has no {args.device} kernels ({ops.unavailable_reason(args.device)}): "
+              "fused models skipped")
     batch = synthetic_batch(args)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     print(f"{device_name} | torch {torch.__version__} | {args.batch} x {args.image} | AMP {args.amp} | "

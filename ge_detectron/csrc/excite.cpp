@@ -1,11 +1,14 @@
-// Schemas of the ge_detectron excite operators and the input checks their implementations share.
+// The C++ CPU kernels' entry points, torch.ops.ge_detectron_cpu.*, and their input checks. The public
+// operators torch.ops.ge_detectron.* are defined in Python (ge_detectron/ops/excite.py), which calls
+// these from its CPU implementation; they have the public operators' schemas:
 //
 //   excite(x, g)                   = x * sigmoid(up(g))
 //   excite_residual(x, g, s)       = relu(x * sigmoid(up(g)) + s)
 //
 // x, s: (N, C, H, W); g: (N, C, h, w) with h <= H, w <= W; up = F.interpolate(mode="nearest") to
 // (H, W). The backward operators return the gradients in the order of the forward's inputs.
-// The residual backward takes the forward's output, whose sign is the ReLU's mask.
+// The residual backward takes the forward's output, whose sign is the ReLU's mask. The Python layer
+// checks the inputs first; the checks here guard the raw-pointer kernels against direct calls.
 #include "excite.h"
 
 #include <torch/library.h>
@@ -39,7 +42,7 @@ void check_like_x(const char* op, const char* name, const at::Tensor& t, const a
               "), but got ", t.scalar_type());
 }
 
-TORCH_LIBRARY(ge_detectron, m) {
+TORCH_LIBRARY(ge_detectron_cpu, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
   m.def("excite(Tensor x, Tensor g) -> Tensor", tags);
   m.def("excite_backward(Tensor grad_out, Tensor x, Tensor g) -> (Tensor grad_x, Tensor grad_g)", tags);

@@ -1,4 +1,4 @@
-// CPU kernels of the ge_detectron excite operators (schemas in excite.cpp).
+// CPU kernels of the ge_detectron excite operators (entry points in excite.cpp).
 //
 // Each kernel makes one pass over the full-size tensors. The gate sigmoid(up(g)) is never materialised
 // at full size: a task keeps the sigmoid of the gate row it is on (expanded over a chunk of rows for
@@ -536,7 +536,7 @@ std::tuple<Tensor, Tensor, Tensor> excite_residual_backward_cpu(const Tensor& gr
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ge_detectron, CPU, m) {
+TORCH_LIBRARY_IMPL(ge_detectron_cpu, CPU, m) {
   m.impl("excite", excite_cpu);
   m.impl("excite_backward", excite_backward_cpu);
   m.impl("excite_residual", excite_residual_cpu);

@@ -1,9 +1,9 @@
 // The Python module ge_detectron._C. It has no functions: importing it loads this library, whose
-// static initialisers register the torch.ops.ge_detectron operators with the dispatcher.
+// static initialisers register the CPU kernels' operators torch.ops.ge_detectron_cpu.* with the dispatcher.
 #include <Python.h>
 
 PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "Registers the torch.ops.ge_detectron operators.", -1,
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "Registers the CPU kernels torch.ops.ge_detectron_cpu.*.", -1,
                                nullptr};
   return PyModule_Create(&module);
 }

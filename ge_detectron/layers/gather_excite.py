@@ -13,7 +13,7 @@ se             global mean                                 1x1 MLP (C -> C/r -> 
 
 The module returns ``x * sigmoid(up(g))``, or with ``shortcut`` the whole bottleneck tail
 ``relu(x * sigmoid(up(g)) + shortcut)``, where ``up`` is nearest resizing exactly as
-``F.interpolate(mode="nearest")`` does it. The fused C++/CUDA operator computes the same tail.
+``F.interpolate(mode="nearest")`` does it. The fused operator (``ge_detectron.ops``) computes the same tail.
 """
 import logging
 
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
 from torch import nn
 
+from .. import ops
 from ..config import VARIANTS, FUSED_MODES, check_extent
-from . import excite_op
 
 logger = logging.getLogger(__name__)
 
@@ -95,18 +95,29 @@ _logged_paths = set()
 
 
 def _use_fused(fused):
+    """The device types on which GatherExcite calls the fused operator: for "auto" those with its native
+    kernels (Triton on CUDA, C++ on the CPU), for "on" both (an error if this machine's device has none),
+    for "off" none. Logs the path once."""
     if fused not in FUSED_MODES:
         raise ValueError(f"fused={fused!r} is invalid: allowed are {', '.join(map(repr, FUSED_MODES))}.")
-    if fused == "on" and not excite_op.is_available():
-        raise RuntimeError(f"MODEL.GE.FUSED is 'on' but the fused excite operator is unavailable "
-                           f"({excite_op.unavailable_reason()}). Reinstall with `pip install -e .` to build "
-                           "it, or set MODEL.GE.FUSED auto/off.")
-    use = fused != "off" and excite_op.is_available()
-    path = "fused C++/CUDA operator (torch.ops.ge_detectron)" if use else "pure-PyTorch reference"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if fused == "on" and ops.native_kernels(device) is None:
+        raise RuntimeError(f"MODEL.GE.FUSED is 'on' but the fused excite operator has no {device.upper()} kernels "
+                           f"here: {ops.unavailable_reason(device)}. Or set MODEL.GE.FUSED auto/off.")
+    native = [d for d in ("cuda", "cpu") if ops.native_kernels(d)]
+    devices = {"off": (), "on": ("cuda", "cpu")}.get(fused, tuple(native))
+    paths = []
+    for d, where in (("cuda", "CUDA"), ("cpu", "the CPU")):
+        if d in devices:
+            paths.append(f"{ops.native_kernels(d) or 'PyTorch ops'} of torch.ops.ge_detectron on {where}")
+        else:
+            why = f" ({ops.unavailable_reason(d)})" if fused == "auto" else ""
+            paths.append(f"the pure-PyTorch reference on {where}{why}")
+    path = ", ".join(paths) if devices else "the pure-PyTorch reference"
     if path not in _logged_paths:
         _logged_paths.add(path)
         logger.info(f"Gather-Excite excite path: {path} (MODEL.GE.FUSED={fused!r})")
-    return use
+    return devices
 
 
 class GatherExcite(nn.Module):
@@ -118,7 +129,7 @@ class GatherExcite(nn.Module):
         norm: detectron2 norm name for the depthwise gather convs (theta, theta_plus).
         reduction: channel reduction of the excite MLP (theta_plus, se).
         global_kernel: side of the global depthwise kernel (the map size at pretraining input).
-        fused: "auto", "on" or "off": whether to use the fused excite operator.
+        fused: "auto", "on" or "off": whether to use the fused excite operator (see ``_use_fused``).
     """
 
     def __init__(self, channels, variant="theta", extent=0, norm="BN", reduction=16, global_kernel=7,
@@ -167,9 +178,10 @@ class GatherExcite(nn.Module):
     def forward(self, x, shortcut=None):
         self.check_inputs(x, shortcut)
         g = self.gather_logits(x)
+        fused = x.device.type in self.fused
         if shortcut is None:
-            return excite_op.excite(x, g) if self.fused else excite_reference(x, g)
-        return excite_op.excite_residual(x, g, shortcut) if self.fused else excite_residual_reference(x, g, shortcut)
+            return ops.excite(x, g) if fused else excite_reference(x, g)
+        return ops.excite_residual(x, g, shortcut) if fused else excite_residual_reference(x, g, shortcut)
 
     def extra_repr(self):
         return f"variant={self.variant}, extent={self.extent}, fused={self.fused}"
