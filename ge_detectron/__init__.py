@@ -2,8 +2,9 @@
 
 Importing the package applies the compatibility fixes the installed detectron2 needs
 (``ge_detectron.compat``; none for detectron2 main built from source) and registers the GE backbones
-(``build_ge_resnet_backbone``, ``build_ge_resnet_fpn_backbone``) and the C4 ROI head
-(``GERes5ROIHeads``) in detectron2's registries.
+(``build_ge_resnet_backbone``, ``build_ge_resnet_fpn_backbone``, ``build_ge_retinanet_resnet_fpn_backbone``)
+and the C4 ROI head (``GERes5ROIHeads``) in detectron2's registries. ``make_ge_resnet_stages`` and
+``make_ge_stage`` build the same from plain arguments (LazyConfigs).
 """
 from . import compat
 
@@ -17,6 +18,9 @@ from .modeling import (  # noqa: E402
     build_ge_resnet,
     build_ge_resnet_backbone,
     build_ge_resnet_fpn_backbone,
+    build_ge_retinanet_resnet_fpn_backbone,
+    make_ge_resnet_stages,
+    make_ge_stage,
 )
 from .modeling import GEClassifier, build_ge_classifier  # noqa: E402
 

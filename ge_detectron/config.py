@@ -1,10 +1,14 @@
-"""``cfg.MODEL.GE``: the Gather-Excite keys, their defaults and their validation."""
+"""The config layer: the ``cfg.MODEL.GE`` keys, their defaults and validation, and the translation of a
+detectron2 config into the plain arguments of the GE modules (``ge_detectron.modeling``), in one place:
+the YAML builders and the LazyConfigs construct the same functions with the same arguments."""
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-VARIANTS = ("none", "theta_minus", "theta", "theta_plus", "se")
+from .layers.gather_excite import FUSED_MODES, GE_VARIANTS, extent_error
+
+VARIANTS = ("none", *GE_VARIANTS)
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
-FUSED_MODES = ("auto", "on", "off")
+RESNET_DEPTHS = (50, 101, 152)  # GE sits in bottleneck blocks
 
 
 class GEConfigError(ValueError):
@@ -39,21 +43,13 @@ def _fail(key, value, allowed):
     raise GEConfigError(f"MODEL.GE.{key} = {value!r} is invalid: {allowed}.")
 
 
-def check_extent(extent, key="EXTENT"):
-    """Raise ``GEConfigError`` unless ``extent`` is 0 (global) or a power of two >= 2."""
-    if isinstance(extent, bool) or not isinstance(extent, int) or extent < 0 or (extent & (extent - 1)):
-        _fail(key, extent, "use 0 for a global gather or a power of two (2, 4, 8, 16, ...)")
-    if extent == 1:
-        _fail(key, extent, "an extent of 1 gathers nothing; use 0 for global or a power of two >= 2")
-    return extent
-
-
 def validate_ge_config(cfg):
     """Check every ``MODEL.GE`` value; raise ``GEConfigError`` (a ValueError) naming the first bad one."""
     ge = cfg.MODEL.GE
     if ge.VARIANT not in VARIANTS:
         _fail("VARIANT", ge.VARIANT, "allowed are " + ", ".join(repr(v) for v in VARIANTS))
-    check_extent(ge.EXTENT)
+    if extent_error(ge.EXTENT):
+        _fail("EXTENT", ge.EXTENT, extent_error(ge.EXTENT))
     stages = list(ge.STAGES)
     bad = [s for s in stages if s not in STAGE_NAMES]
     if bad or len(set(stages)) != len(stages):
@@ -77,23 +73,63 @@ def validate_ge_config(cfg):
     return cfg
 
 
-def ge_norm(cfg):
-    """The norm of the GE gather layers: ``MODEL.GE.NORM``, or ``MODEL.RESNETS.NORM`` when empty."""
-    return cfg.MODEL.GE.NORM or cfg.MODEL.RESNETS.NORM
+def _check_resnet_keys(cfg):
+    res = cfg.MODEL.RESNETS
+    if res.DEPTH not in RESNET_DEPTHS:
+        raise GEConfigError(f"MODEL.RESNETS.DEPTH = {res.DEPTH!r} is invalid for a GE-ResNet: GE sits in "
+                            f"bottleneck blocks, so use one of {list(RESNET_DEPTHS)}.")
+    if any(res.DEFORM_ON_PER_STAGE):
+        raise GEConfigError("MODEL.RESNETS.DEFORM_ON_PER_STAGE enables deformable convs, which GE-ResNet "
+                            "does not support: set it to [False, False, False, False].")
+    if res.RES5_DILATION not in (1, 2):
+        raise GEConfigError(f"MODEL.RESNETS.RES5_DILATION = {res.RES5_DILATION!r} is invalid: use 1 or 2.")
 
 
-def ge_block_kwargs(cfg, stage_name):
-    """Keyword arguments of ``GEBottleneckBlock`` for one stage: ``ge_variant="none"`` outside STAGES."""
-    ge = cfg.MODEL.GE
-    stage_index = STAGE_NAMES.index(stage_name) + 2
-    return {
-        "ge_variant": ge.VARIANT if stage_name in ge.STAGES else "none",
-        "ge_extent": ge.EXTENT,
-        "ge_norm": ge_norm(cfg),
-        "ge_reduction": ge.REDUCTION,
-        "ge_global_kernel": ge.GLOBAL_INPUT_SIZE // 2 ** stage_index,
-        "ge_fused": ge.FUSED,
-    }
+def _ge_args(ge):
+    return {"ge_extent": ge.EXTENT, "ge_norm": ge.NORM or None, "ge_reduction": ge.REDUCTION, "ge_fused": ge.FUSED}
+
+
+def _stage_args(res):
+    return {"num_groups": res.NUM_GROUPS, "norm": res.NORM, "stride_in_1x1": res.STRIDE_IN_1X1}
+
+
+def ge_resnet_stages_args(cfg):
+    """``MODEL.RESNETS`` and ``MODEL.GE`` (validated) as the keyword arguments of
+    ``modeling.make_ge_resnet_stages``, unpacked as detectron2's ``build_resnet_backbone`` does."""
+    validate_ge_config(cfg)
+    _check_resnet_keys(cfg)
+    res, ge = cfg.MODEL.RESNETS, cfg.MODEL.GE
+    return {"depth": res.DEPTH, "stem_out_channels": res.STEM_OUT_CHANNELS, "res2_out_channels": res.RES2_OUT_CHANNELS,
+            "width_per_group": res.WIDTH_PER_GROUP, "res5_dilation": res.RES5_DILATION, **_stage_args(res),
+            "ge_variant": ge.VARIANT, "ge_stages": list(ge.STAGES), "ge_global_input_size": ge.GLOBAL_INPUT_SIZE,
+            **_ge_args(ge)}
+
+
+def ge_res5_head_args(cfg):
+    """The keyword arguments of ``modeling.make_ge_stage`` for the res5 stage of a C4 detector's ROI head,
+    unpacked as detectron2's ``Res5ROIHeads._build_res5_block`` does; GE only if "res5" is in MODEL.GE.STAGES."""
+    validate_ge_config(cfg)
+    _check_resnet_keys(cfg)
+    res, ge = cfg.MODEL.RESNETS, cfg.MODEL.GE
+    factor = 2 ** 3  # res5 is 8x res2
+    out_channels = res.RES2_OUT_CHANNELS * factor
+    return {"num_blocks": 3, "stride_per_block": [2, 1, 1], "in_channels": out_channels // 2,
+            "bottleneck_channels": res.NUM_GROUPS * res.WIDTH_PER_GROUP * factor, "out_channels": out_channels,
+            **_stage_args(res), "ge_variant": ge.VARIANT if "res5" in ge.STAGES else "none",
+            "ge_global_kernel": ge.GLOBAL_INPUT_SIZE // 32, **_ge_args(ge)}
+
+
+def ge_classifier_args(cfg):
+    """The pretraining classifier's classes (``MODEL.GE.NUM_CLASSES``) and pixel normalisation."""
+    return {"num_classes": cfg.MODEL.GE.NUM_CLASSES, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
+
+
+def detector_num_classes(cfg):
+    """``(key, value)`` of the detector's number of classes: ``MODEL.RETINANET.NUM_CLASSES`` for RetinaNet,
+    else ``MODEL.ROI_HEADS.NUM_CLASSES``."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+    return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
 def merge_cfg(cfg, config_file=None, opts=()):

@@ -1,9 +1,9 @@
-"""What tools/train_net.py and tools/pretrain_net.py share around detectron2's DefaultTrainer: the
-trainer constructor (DDP on CPU and GPU, AMP on CUDA only, GECheckpointer), checkpoints that resume
-exactly (optimizer, LR scheduler, AMP grad scaler, data stream position and random generators, on
-detectron2 0.6 and main alike), a clear stop on a non-finite loss or non-finite model state (no
-checkpoint of that is written), and an optional per-rank dump of the final model state
-(``GE_DUMP_RANK_STATE``)."""
+"""What the training tools share around detectron2's trainers: the YAML trainer's constructor (DDP on
+CPU and GPU, AMP on CUDA only, GECheckpointer), checkpoints that resume exactly (optimizer, LR
+scheduler, AMP grad scaler, data stream position and random generators, on detectron2 0.6 and main
+alike; ``ExactResumeState``, also in the LazyConfig trainer), a clear stop on a non-finite loss or
+non-finite model state (no checkpoint of that is written), and an optional per-rank dump of the final
+model state (``GE_DUMP_RANK_STATE``)."""
 import logging
 import os
 import random
@@ -12,10 +12,11 @@ import weakref
 import numpy as np
 import torch
 from detectron2.engine import (AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model,
-                               hooks)
+                               default_setup, hooks)
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from . import compat
 from .checkpoint import GECheckpointer
 from .data.resumable import ResumableLoader
 
@@ -52,16 +53,11 @@ class GETrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        ret = super().build_hooks()
-        for i, hook in enumerate(ret):
-            if isinstance(hook, hooks.PeriodicCheckpointer):  # on the main process only
-                ret.insert(i, CheckFiniteState(hook))
-                break
+        ret = with_fault_hooks(super().build_hooks())
         # on every process, before the checkpointer and the evaluation
         scheduler = next(i for i, hook in enumerate(ret) if isinstance(hook, hooks.LRScheduler))
-        ret.insert(scheduler + 1, ExactResumeState(self.data_loader, self.cfg))
-        if os.environ.get(DUMP_RANK_STATE_ENV):
-            ret.append(DumpRankState(os.environ[DUMP_RANK_STATE_ENV]))
+        ret.insert(scheduler + 1, ExactResumeState(self.data_loader, self.cfg.SOLVER.IMS_PER_BATCH,
+                                                   self.cfg.SOLVER.CHECKPOINT_PERIOD))
         return ret
 
     def state_dict(self):
@@ -88,6 +84,19 @@ class GETrainer(DefaultTrainer):
         if comm.is_main_process():
             self.checkpointer.remove_stale_temporary_files()
         super().resume_or_load(resume=resume)
+
+
+def with_fault_hooks(hook_list):
+    """``hook_list`` with CheckFiniteState just before its PeriodicCheckpointer (main process only) and,
+    when GE_DUMP_RANK_STATE is set, DumpRankState at the end."""
+    ret = list(hook_list)
+    for i, hook in enumerate(ret):
+        if isinstance(hook, hooks.PeriodicCheckpointer):
+            ret.insert(i, CheckFiniteState(hook))
+            break
+    if os.environ.get(DUMP_RANK_STATE_ENV):
+        ret.append(DumpRankState(os.environ[DUMP_RANK_STATE_ENV]))
+    return ret
 
 
 def is_checkpoint_iteration(iteration, period, max_iter):
@@ -126,11 +135,12 @@ class ExactResumeState(HookBase):
     run when the data loader's randomness is in the training process (DATALOADER.NUM_WORKERS 0, or
     augmentations without randomness): worker processes start new generators when a run resumes."""
 
-    def __init__(self, data_loader, cfg):
+    def __init__(self, data_loader, total_batch_size, checkpoint_period):
         self.loader = data_loader if isinstance(data_loader, ResumableLoader) else None
-        self.images_per_step = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-        self.period = cfg.SOLVER.CHECKPOINT_PERIOD
+        self.images_per_step = total_batch_size // comm.get_world_size()
+        self.period = checkpoint_period
         self.position, self.saved_rngs, self.pending_rng = 0, None, None
+        self.restored = False  # whether a checkpoint's state was loaded
 
     def before_step(self):
         if self.pending_rng is not None:
@@ -148,6 +158,7 @@ class ExactResumeState(HookBase):
         return {"data": data, "rng": self.saved_rngs}
 
     def load_state_dict(self, state):
+        self.restored = True
         data, rngs = state["data"], state["rng"]
         if data is None or self.loader is None:
             logger.warning("The training data stream restarts from its beginning: "
@@ -222,3 +233,19 @@ def train_or_exit(trainer):
             reason = f"{reason} (iteration={trainer.iter})"
         raise SystemExit(f"error: training stopped, {what} not finite: {reason} The last good checkpoint is "
                          f"kept: {last}. Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS, then --resume.") from None
+
+
+def train_or_evaluate(trainer_class, cfg, args):
+    """What a YAML training tool does in each process: detectron2's ``default_setup`` and a log line of the
+    compat fixes applied; with ``--eval-only``, ``trainer_class.test`` of MODEL.WEIGHTS (the last checkpoint
+    with ``--resume``); else train, resuming with ``--resume``, through ``train_or_exit``."""
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ge_detectron")
+    compat.log_applied()
+    if args.eval_only:
+        model = trainer_class.build_model(cfg)
+        GECheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return trainer_class.test(cfg, model)
+    trainer = trainer_class(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return train_or_exit(trainer)

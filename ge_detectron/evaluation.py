@@ -1,4 +1,4 @@
-"""COCO box evaluation with detectron2's COCOEvaluator.
+"""COCO evaluation (box AP, and mask AP for Mask R-CNN) with detectron2's COCOEvaluator.
 
 Its fast backend is detectron2's C++ ``COCOeval_opt``. Where detectron2 was built without its
 extension, ``ge_detectron.compat`` puts ``fast_coco_eval`` in its place: faster-coco-eval's
@@ -36,7 +36,13 @@ def fast_coco_eval(coco_gt, coco_dt, iou_type):
     return COCOeval_faster(coco_gt, coco_dt, iou_type)
 
 
+def coco_evaluator(dataset_name, output_dir=None):
+    """COCOEvaluator with the fast backend (identical stats to pycocotools): box AP, and mask AP for a
+    detector that predicts masks (the tasks follow the predictions). LazyConfigs use it as
+    ``dataloader.evaluator``."""
+    return COCOEvaluator(dataset_name, distributed=True, output_dir=output_dir, use_fast_impl=True)
+
+
 def build_coco_evaluator(cfg, dataset_name, output_dir):
-    """COCOEvaluator for box AP with its fast backend (identical stats to pycocotools)."""
-    return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_dir,
-                         use_fast_impl=True)
+    """``coco_evaluator`` for a YAML config's test dataset."""
+    return coco_evaluator(dataset_name, output_dir)

@@ -14,25 +14,33 @@ import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-__all__ = ["under_torchrun", "check_launch_args", "init_torchrun_process_group", "launch_from_args"]
+__all__ = ["under_torchrun", "check_device", "check_launch_args", "init_torchrun_process_group", "launch_from_args"]
 
 
 def under_torchrun():
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def check_launch_args(args, cfg):
-    """Raise ValueError, with what to do instead, for a process layout that cannot run ``cfg``."""
+def check_device(device, device_key="MODEL.DEVICE"):
+    """Raise ValueError naming ``device_key`` if ``device`` is a CUDA device and no GPU is visible."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{device_key} is {device!r} but no CUDA GPU is visible: set {device_key} to cpu.")
+
+
+def check_launch_args(args, device, total_batch_size, device_key="MODEL.DEVICE", batch_key="SOLVER.IMS_PER_BATCH"):
+    """Raise ValueError, with what to do instead, for a process layout that cannot run on ``device`` with
+    ``total_batch_size`` images per step (``device_key`` and ``batch_key`` name the config keys holding them)."""
     if under_torchrun() and "LOCAL_WORLD_SIZE" not in os.environ:
         raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK are set but LOCAL_WORLD_SIZE is not: start the "
                          "processes with torchrun, which sets all four.")
+    check_device(device, device_key)
     world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else args.num_gpus * args.num_machines
-    if not under_torchrun() and world > 1 and not cfg.MODEL.DEVICE.startswith("cuda"):
-        raise ValueError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} needs GPUs (MODEL.DEVICE "
-                         f"is {cfg.MODEL.DEVICE!r}); for several CPU processes use torchrun, e.g. `torchrun "
+    if not under_torchrun() and world > 1 and not str(device).startswith("cuda"):
+        raise ValueError(f"--num-gpus {args.num_gpus} --num-machines {args.num_machines} needs GPUs ({device_key} "
+                         f"is {device!r}); for several CPU processes use torchrun, e.g. `torchrun "
                          f"--nproc_per_node 2 {sys.argv[0]} --config-file ...`.")
-    if cfg.SOLVER.IMS_PER_BATCH % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} (the total batch) is not divisible by "
+    if total_batch_size % world:
+        raise ValueError(f"{batch_key} = {total_batch_size} (the total batch) is not divisible by "
                          f"the number of processes ({world}).")
 
 

@@ -24,7 +24,8 @@ def check_ge_modules(model, cfg):
 @pytest.mark.parametrize("path", DETECTION, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_detection_config_merges_and_builds(path):
     cfg = get_ge_cfg(path, ["MODEL.DEVICE", "cpu"])
-    assert cfg.MODEL.BACKBONE.NAME in ("build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone")
+    assert cfg.MODEL.BACKBONE.NAME in ("build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone",
+                                       "build_ge_retinanet_resnet_fpn_backbone")
     check_ge_modules(build_model(cfg), cfg)
 
 

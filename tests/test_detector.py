@@ -11,10 +11,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ge_detectron.config import get_ge_cfg
+from ge_detectron.detection import DetectionTrainer as Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from train_net import Trainer  # noqa: E402
 
 
 def tiny_cfg(base, tiny_shapes, output_dir, extra=()):

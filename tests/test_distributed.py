@@ -32,10 +32,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(tool, opts, tmp_path, env=None):
+def torchrun(tool, opts, tmp_path, env=None, run_opts=None):
+    """``tool`` as 2 processes for 2 iterations with a checkpoint after each; ``run_opts`` says that in the
+    tool's override syntax (default: YAML's)."""
+    run_opts = run_opts or ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path / "out")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), f"tools/{tool}", *opts, "SOLVER.MAX_ITER", "2",
-           "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path / "out")]
+           "--master_port", str(free_port()), f"tools/{tool}", *opts, *run_opts]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "GE_DUMP_RANK_STATE": str(tmp_path / "ranks"), **(env or {})}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -79,6 +81,21 @@ def test_train_net_two_cpu_processes(tmp_path):
     config = ["--config-file", "configs/demo/faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml"]
     out = torchrun("train_net.py", config + DETECTION, tmp_path, env={"DETECTRON2_DATASETS": str(tmp_path)})
     # The final COCO evaluation gathers both processes' predictions; rank 0 writes them.
+    check_ranks_agree_and_only_rank0_wrote(tmp_path, out, {"inference/coco_instances_results.json",
+                                                           "inference/instances_predictions.pth"})
+
+
+def test_lazyconfig_train_net_two_cpu_processes(tmp_path):
+    from test_lazy_configs import PAPER, TINY_C4, tiny
+
+    root = tmp_path / "ge_shapes"
+    for split, num, seed in (("train", 4, 0), ("val", 2, 1)):
+        generate_shapes_split(str(root / split), str(root / f"{split}.json"), num, seed, image_size=64,
+                              min_side=12, max_side=30)
+    names = {"train": "ge_shapes_train", "val": "ge_shapes_val"}  # found under DETECTRON2_DATASETS
+    opts = ["--config-file", PAPER, *tiny(names, tmp_path / "out"), *TINY_C4, "dataloader.train.total_batch_size=4"]
+    out = torchrun("lazyconfig_train_net.py", opts, tmp_path, env={"DETECTRON2_DATASETS": str(tmp_path)},
+                   run_opts=["train.max_iter=2", "train.checkpointer.period=1"])
     check_ranks_agree_and_only_rank0_wrote(tmp_path, out, {"inference/coco_instances_results.json",
                                                            "inference/instances_predictions.pth"})
 

@@ -346,7 +346,7 @@ def test_fused_mode_logs_the_path_that_runs(fused, caplog):
         module = GatherExcite(8, variant="theta_minus", extent=4, fused=fused)
     (line,) = [r.getMessage() for r in caplog.records if "excite path" in r.getMessage()]
     if fused == "off":
-        assert module.fused == () and "the pure-PyTorch reference (MODEL.GE.FUSED='off')" in line
+        assert module.fused == () and "the pure-PyTorch reference (fused='off')" in line
         return
     cpu = ops.native_kernels("cpu")
     assert ("cpu" in module.fused) == (cpu is not None or fused == "on")
@@ -361,7 +361,7 @@ def test_fused_on_without_kernels_is_an_error(monkeypatch):
     monkeypatch.setattr(excite_op, "excite_triton", None)
     device = "CUDA" if torch.cuda.is_available() else "CPU"
     why = "triton is not installed" if device == "CUDA" else "the C++ extension ge_detectron._C is not built"
-    with pytest.raises(RuntimeError, match=rf"MODEL.GE.FUSED is 'on' but the fused excite operator has no {device} "
-                                           rf"kernels here: {re.escape(why)}.*Or set MODEL.GE.FUSED auto/off"):
+    with pytest.raises(RuntimeError, match=rf"fused='on' but the fused excite operator has no {device} "
+                                           rf"kernels here: {re.escape(why)}.*Or use fused='auto' or 'off'"):
         GatherExcite(8, variant="theta_minus", extent=4, fused="on")
     assert GatherExcite(8, variant="theta_minus", extent=4, fused="auto").fused == ()  # auto: the reference

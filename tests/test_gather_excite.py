@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ge_detectron.config import GEConfigError
 from ge_detectron.layers import GatherExcite, build_gather_excite, excite_reference
 
 VARIANTS = ["theta_minus", "theta", "theta_plus", "se"]
@@ -151,7 +150,7 @@ def test_gradients_flow_to_gather_and_input():
 
 @pytest.mark.parametrize("bad", [3, 6, 1, -2, 2.0])
 def test_bad_extent_is_a_clear_error(bad):
-    with pytest.raises(GEConfigError, match=r"MODEL.GE.EXTENT = .*power of two"):
+    with pytest.raises(ValueError, match=rf"extent={bad!r} is invalid: .*power of two"):
         make("theta", extent=bad)
 
 

@@ -16,10 +16,9 @@ from detectron2.utils.env import seed_all_rng
 from ge_detectron.checkpoint import GECheckpointer
 from ge_detectron.data import DatasetMissingError, generate_shapes_split
 from ge_detectron.config import get_ge_cfg
+from ge_detectron.detection import DetectionTrainer as Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from train_net import Trainer  # noqa: E402
 
 DEMO = os.path.join(REPO, "configs", "demo", "faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml")
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",

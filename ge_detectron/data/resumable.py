@@ -65,11 +65,16 @@ class ResumableLoader:
         return getattr(self.loader, name)
 
 
-def build_detection_train_loader_resumable(cfg, dataset, mapper):
-    """detectron2's ``build_detection_train_loader(cfg, dataset=dataset, mapper=mapper)`` whose stream a
-    checkpoint resumes: a ResumableLoader, for DATALOADER.SAMPLER_TRAIN "TrainingSampler" (the default)
-    seeded with SEED (when >= 0); detectron2's own loader for other samplers (resumed from the start)."""
-    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-        return build_detection_train_loader(cfg, dataset=dataset, mapper=mapper)
-    sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None)
-    return ResumableLoader(build_detection_train_loader(cfg, dataset=dataset, mapper=mapper, sampler=sampler), sampler)
+def build_resumable_train_loader(cfg=None, *, dataset, mapper, sampler=None, **kwargs):
+    """detectron2's ``build_detection_train_loader`` (the same arguments: a cfg, or plain ones as in a
+    LazyConfig's ``dataloader.train``) whose stream a checkpoint resumes: a ResumableLoader drawing from a
+    ResumableTrainingSampler (seeded with SEED when a cfg sets it >= 0, else with detectron2's shared random
+    seed) where detectron2 would use its TrainingSampler; its own loader, resumed from the start, for a
+    given ``sampler``, another DATALOADER.SAMPLER_TRAIN or an iterable dataset."""
+    args = () if cfg is None else (cfg,)
+    if sampler is not None or isinstance(dataset, torch.utils.data.IterableDataset) or \
+            (cfg is not None and cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler"):
+        return build_detection_train_loader(*args, dataset=dataset, mapper=mapper, sampler=sampler, **kwargs)
+    sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg is not None and cfg.SEED >= 0 else None)
+    return ResumableLoader(build_detection_train_loader(*args, dataset=dataset, mapper=mapper, sampler=sampler, **kwargs),
+                           sampler)

@@ -8,6 +8,7 @@ from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.structures import BoxMode
 
 from .datasets import DatasetMissingError
+from .resumable import build_resumable_train_loader
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +40,24 @@ def drop_unusable_boxes(dataset_dicts, filter_empty=True):
     return kept
 
 
-def load_train_dataset_dicts(cfg):
-    """The training records of ``cfg.DATASETS.TRAIN`` as detectron2 loads them, minus unusable boxes;
-    an empty result is a DatasetMissingError that says so."""
-    names = cfg.DATASETS.TRAIN
+def load_detection_dataset_dicts(names, filter_empty=True):
+    """The records of the datasets ``names`` as detectron2 loads them for training, minus unusable boxes
+    (and, with ``filter_empty``, images without annotations); an empty result is a DatasetMissingError
+    that says so. Plain arguments: LazyConfigs use it as ``dataloader.train.dataset``."""
+    names = [names] if isinstance(names, str) else list(names)
     try:
-        records = get_detection_dataset_dicts(names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        records = get_detection_dataset_dicts(names, filter_empty=filter_empty)
     except AssertionError as e:  # detectron2 asserts on empty datasets
-        raise DatasetMissingError(f"Training dataset(s) {list(names)} contain no usable images ({e}).") from None
-    records = drop_unusable_boxes(records, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        raise DatasetMissingError(f"Training dataset(s) {names} contain no usable images ({e}).") from None
+    records = drop_unusable_boxes(records, filter_empty)
     if not records:
-        raise DatasetMissingError(f"Training dataset(s) {list(names)} contain no image with a usable box.")
+        raise DatasetMissingError(f"Training dataset(s) {names} contain no image with a usable box.")
     return records
+
+
+def load_train_dataset_dicts(cfg):
+    """``load_detection_dataset_dicts`` of ``cfg.DATASETS.TRAIN``."""
+    return load_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
 
 
 class SkipUnreadableImages:
@@ -69,3 +76,11 @@ class SkipUnreadableImages:
             logger.warning(f"Skipped unreadable image {dataset_dict.get('file_name')!r} ({type(e).__name__}: {e}); "
                            f"{self.skipped} skipped so far in this data loader worker.")
             return None
+
+
+def build_sanitized_train_loader(*args, mapper, **kwargs):
+    """detectron2's ``build_detection_train_loader`` (same arguments: a cfg, or plain ones as in a
+    LazyConfig's ``dataloader.train``) whose mapper skips unreadable images (``SkipUnreadableImages``) and
+    whose stream a checkpoint resumes (``build_resumable_train_loader``). Give it the records of
+    ``load_detection_dataset_dicts``, which drops unusable boxes."""
+    return build_resumable_train_loader(*args, mapper=SkipUnreadableImages(mapper), **kwargs)

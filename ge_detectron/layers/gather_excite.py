@@ -23,11 +23,23 @@ from detectron2.layers import Conv2d, get_norm
 from torch import nn
 
 from .. import ops
-from ..config import VARIANTS, FUSED_MODES, check_extent
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GatherExcite", "build_gather_excite", "excite_reference", "excite_residual_reference"]
+__all__ = ["GatherExcite", "build_gather_excite", "excite_reference", "excite_residual_reference", "GE_VARIANTS",
+           "FUSED_MODES", "extent_error"]
+
+GE_VARIANTS = ("theta_minus", "theta", "theta_plus", "se")
+FUSED_MODES = ("auto", "on", "off")
+
+
+def extent_error(extent):
+    """Why ``extent`` is not a valid gather extent (0 = global, or a power of two >= 2), or None if it is."""
+    if isinstance(extent, bool) or not isinstance(extent, int) or extent < 0 or (extent & (extent - 1)):
+        return "use 0 for a global gather or a power of two (2, 4, 8, 16, ...)"
+    if extent == 1:
+        return "an extent of 1 gathers nothing; use 0 for global or a power of two >= 2"
+    return None
 
 
 def excite_reference(x, g):
@@ -102,8 +114,8 @@ def _use_fused(fused):
         raise ValueError(f"fused={fused!r} is invalid: allowed are {', '.join(map(repr, FUSED_MODES))}.")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if fused == "on" and ops.native_kernels(device) is None:
-        raise RuntimeError(f"MODEL.GE.FUSED is 'on' but the fused excite operator has no {device.upper()} kernels "
-                           f"here: {ops.unavailable_reason(device)}. Or set MODEL.GE.FUSED auto/off.")
+        raise RuntimeError(f"fused='on' but the fused excite operator has no {device.upper()} kernels "
+                           f"here: {ops.unavailable_reason(device)}. Or use fused='auto' or 'off'.")
     native = [d for d in ("cuda", "cpu") if ops.native_kernels(d)]
     devices = {"off": (), "on": ("cuda", "cpu")}.get(fused, tuple(native))
     paths = []
@@ -116,7 +128,7 @@ def _use_fused(fused):
     path = ", ".join(paths) if devices else "the pure-PyTorch reference"
     if path not in _logged_paths:
         _logged_paths.add(path)
-        logger.info(f"Gather-Excite excite path: {path} (MODEL.GE.FUSED={fused!r})")
+        logger.info(f"Gather-Excite excite path: {path} (fused={fused!r})")
     return devices
 
 
@@ -135,10 +147,12 @@ class GatherExcite(nn.Module):
     def __init__(self, channels, variant="theta", extent=0, norm="BN", reduction=16, global_kernel=7,
                  fused="auto"):
         super().__init__()
-        if variant not in VARIANTS or variant == "none":
+        if variant not in GE_VARIANTS:
             raise ValueError(f"GatherExcite variant={variant!r} is invalid: allowed are "
-                             f"{', '.join(repr(v) for v in VARIANTS if v != 'none')}.")
-        extent = 0 if variant == "se" else check_extent(extent)
+                             f"{', '.join(map(repr, GE_VARIANTS))}.")
+        if variant != "se" and extent_error(extent):
+            raise ValueError(f"GatherExcite extent={extent!r} is invalid: {extent_error(extent)}.")
+        extent = 0 if variant == "se" else extent
         self.channels, self.variant, self.extent = channels, variant, extent
         if variant in ("theta_minus", "se"):
             self.gather = AverageGather(extent)

@@ -1,14 +1,21 @@
-"""GE-ResNet backbones: detectron2's ResNet with Gather-Excite in the bottlenecks of chosen stages."""
+"""GE-ResNet backbones: detectron2's ResNet with Gather-Excite in the bottlenecks of chosen stages.
+
+The stages are built from plain arguments (``make_ge_stage``, ``make_ge_resnet_stages``: what
+``ResNet.make_stage`` and ``ResNet.make_default_stages`` are to a plain ResNet), so that LazyConfigs
+construct them with ``L(...)(...)``; the registered YAML builders translate the config into the same
+arguments (``ge_detectron.config``) and call the same functions.
+"""
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, BasicStem, BottleneckBlock, ResNet
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
-from ..config import STAGE_NAMES, GEConfigError, ge_block_kwargs, validate_ge_config
+from ..config import RESNET_DEPTHS, STAGE_NAMES, ge_resnet_stages_args
 from ..layers import build_gather_excite
 
-__all__ = ["GEBottleneckBlock", "build_ge_resnet", "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone"]
+__all__ = ["GEBottleneckBlock", "make_ge_stage", "make_ge_resnet_stages", "build_ge_resnet",
+           "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone", "build_ge_retinanet_resnet_fpn_backbone"]
 
 _BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 
@@ -31,52 +38,66 @@ class GEBottleneckBlock(BottleneckBlock):
         return self.ge(out, shortcut)
 
 
-def ge_stage_kwargs(cfg, stage_name):
-    """``block_class`` and GE keyword arguments for ``ResNet.make_stage`` of one stage."""
-    kwargs = ge_block_kwargs(cfg, stage_name)
-    if kwargs["ge_variant"] == "none":
-        return {"block_class": BottleneckBlock}
-    return {"block_class": GEBottleneckBlock, **kwargs}
+def make_ge_stage(*, ge_variant="none", ge_extent=0, ge_norm=None, ge_reduction=16, ge_global_kernel=7,
+                  ge_fused="auto", **kwargs):
+    """``ResNet.make_stage`` of bottleneck blocks (``kwargs`` as its own: num_blocks, stride_per_block,
+    in_channels, bottleneck_channels, out_channels, norm, ...) with Gather-Excite in every block:
+    ``GEBottleneckBlock`` s, or plain ``BottleneckBlock`` s when ``ge_variant`` is "none".
+
+    ``ge_norm`` is the norm of the gather convs (None: the blocks' ``norm``); ``ge_global_kernel`` the side
+    of a global theta/theta_plus kernel (the stage's map size at the pretraining input)."""
+    if ge_variant == "none":
+        return ResNet.make_stage(block_class=BottleneckBlock, **kwargs)
+    return ResNet.make_stage(block_class=GEBottleneckBlock, ge_variant=ge_variant, ge_extent=ge_extent,
+                             ge_norm=ge_norm or kwargs.get("norm", "BN"), ge_reduction=ge_reduction,
+                             ge_global_kernel=ge_global_kernel, ge_fused=ge_fused, **kwargs)
+
+
+def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=256, num_groups=1,
+                          width_per_group=64, norm="BN", stride_in_1x1=True, res5_dilation=1, ge_variant="none",
+                          ge_stages=STAGE_NAMES, ge_extent=0, ge_norm=None, ge_reduction=16, ge_global_input_size=224,
+                          ge_fused="auto"):
+    """The stages res2-res5 of a GE-ResNet (the ``stages`` argument of detectron2's ``ResNet``, which drops
+    those after its last ``out_features``), with ``ge_variant`` in the stages named in ``ge_stages`` and
+    plain bottlenecks elsewhere.
+
+    Args:
+        depth: 50, 101 or 152.
+        stem_out_channels, res2_out_channels, num_groups, width_per_group, norm, stride_in_1x1,
+            res5_dilation: as detectron2's ``MODEL.RESNETS`` keys of the same names.
+        ge_variant, ge_stages: the GE variant ("none", "theta_minus", "theta", "theta_plus", "se") and the
+            stages that get it.
+        ge_extent, ge_norm, ge_reduction, ge_fused: as ``make_ge_stage``'s.
+        ge_global_input_size: input side at which a global theta/theta_plus kernel covers the whole map.
+    """
+    if depth not in RESNET_DEPTHS:
+        raise ValueError(f"depth={depth!r} is invalid for a GE-ResNet: GE sits in bottleneck blocks, so use one of "
+                         f"{list(RESNET_DEPTHS)}.")
+    if not set(ge_stages) <= set(STAGE_NAMES) or len(set(ge_stages)) != len(ge_stages):
+        raise ValueError(f"ge_stages={list(ge_stages)!r} is invalid: give distinct names from {', '.join(STAGE_NAMES)}.")
+    if res5_dilation not in (1, 2):
+        raise ValueError(f"res5_dilation={res5_dilation!r} is invalid: use 1 or 2.")
+    stages = []
+    in_channels, out_channels, bottleneck_channels = stem_out_channels, res2_out_channels, num_groups * width_per_group
+    for idx, (name, num_blocks) in enumerate(zip(STAGE_NAMES, _BLOCKS_PER_STAGE[depth])):
+        dilation = res5_dilation if name == "res5" else 1
+        first_stride = 1 if idx == 0 or dilation == 2 else 2
+        stages.append(make_ge_stage(
+            num_blocks=num_blocks, stride_per_block=[first_stride] + [1] * (num_blocks - 1), in_channels=in_channels,
+            bottleneck_channels=bottleneck_channels, out_channels=out_channels, num_groups=num_groups, norm=norm,
+            stride_in_1x1=stride_in_1x1, dilation=dilation, ge_variant=ge_variant if name in ge_stages else "none",
+            ge_extent=ge_extent, ge_norm=ge_norm, ge_reduction=ge_reduction,
+            ge_global_kernel=ge_global_input_size // 2 ** (idx + 2), ge_fused=ge_fused))
+        in_channels, out_channels, bottleneck_channels = out_channels, out_channels * 2, bottleneck_channels * 2
+    return stages
 
 
 def build_ge_resnet(cfg, in_channels, out_features=None, num_classes=None):
     """A GE-ResNet from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.GE``, unpacked as detectron2's
     ``build_resnet_backbone`` does. ``num_classes`` adds global pooling and a linear classifier."""
-    validate_ge_config(cfg)
+    stages = make_ge_resnet_stages(**ge_resnet_stages_args(cfg))
     res = cfg.MODEL.RESNETS
-    if res.DEPTH not in _BLOCKS_PER_STAGE:
-        raise GEConfigError(f"MODEL.RESNETS.DEPTH = {res.DEPTH!r} is invalid for a GE-ResNet: GE sits in "
-                            f"bottleneck blocks, so use one of {sorted(_BLOCKS_PER_STAGE)}.")
-    if any(res.DEFORM_ON_PER_STAGE):
-        raise GEConfigError("MODEL.RESNETS.DEFORM_ON_PER_STAGE enables deformable convs, which GE-ResNet "
-                            "does not support: set it to [False, False, False, False].")
-    if res.RES5_DILATION not in (1, 2):
-        raise GEConfigError(f"MODEL.RESNETS.RES5_DILATION = {res.RES5_DILATION!r} is invalid: use 1 or 2.")
-
     stem = BasicStem(in_channels=in_channels, out_channels=res.STEM_OUT_CHANNELS, norm=res.NORM)
-    bottleneck_channels = res.NUM_GROUPS * res.WIDTH_PER_GROUP
-    in_channels, out_channels = res.STEM_OUT_CHANNELS, res.RES2_OUT_CHANNELS
-    if out_features is not None and num_classes is None:
-        num_stages = max(STAGE_NAMES.index(f) + 1 for f in out_features)
-    else:
-        num_stages = len(STAGE_NAMES)
-    stages = []
-    for idx, (stage_name, num_blocks) in enumerate(zip(STAGE_NAMES[:num_stages], _BLOCKS_PER_STAGE[res.DEPTH])):
-        dilation = res.RES5_DILATION if stage_name == "res5" else 1
-        first_stride = 1 if idx == 0 or dilation == 2 else 2
-        stages.append(ResNet.make_stage(
-            num_blocks=num_blocks,
-            stride_per_block=[first_stride] + [1] * (num_blocks - 1),
-            in_channels=in_channels,
-            bottleneck_channels=bottleneck_channels,
-            out_channels=out_channels,
-            num_groups=res.NUM_GROUPS,
-            norm=res.NORM,
-            stride_in_1x1=res.STRIDE_IN_1X1,
-            dilation=dilation,
-            **ge_stage_kwargs(cfg, stage_name),
-        ))
-        in_channels, out_channels, bottleneck_channels = out_channels, out_channels * 2, bottleneck_channels * 2
     return ResNet(stem, stages, num_classes=num_classes, out_features=out_features,
                   freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
 
@@ -87,14 +108,21 @@ def build_ge_resnet_backbone(cfg, input_shape: ShapeSpec):
     return build_ge_resnet(cfg, input_shape.channels, out_features=cfg.MODEL.RESNETS.OUT_FEATURES)
 
 
+def _fpn(cfg, bottom_up, top_block):
+    """detectron2's FPN from ``MODEL.FPN`` over ``bottom_up``."""
+    return FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+               norm=cfg.MODEL.FPN.NORM, top_block=top_block, fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+
+
 @BACKBONE_REGISTRY.register()
 def build_ge_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """GE-ResNet + FPN, as detectron2's ``build_resnet_fpn_backbone`` with a GE bottom-up."""
-    return FPN(
-        bottom_up=build_ge_resnet_backbone(cfg, input_shape),
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
+    return _fpn(cfg, build_ge_resnet_backbone(cfg, input_shape), LastLevelMaxPool())
+
+
+@BACKBONE_REGISTRY.register()
+def build_ge_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """GE-ResNet + FPN with P6/P7 from res5, as detectron2's ``build_retinanet_resnet_fpn_backbone``."""
+    bottom_up = build_ge_resnet_backbone(cfg, input_shape)
+    p6p7 = LastLevelP6P7(bottom_up.output_shape()["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
+    return _fpn(cfg, bottom_up, p6p7)

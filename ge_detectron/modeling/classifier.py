@@ -3,6 +3,7 @@ import torch
 from detectron2.modeling.backbone import BottleneckBlock
 from torch import nn
 
+from ..config import ge_classifier_args
 from .backbone import build_ge_resnet
 
 __all__ = ["GEClassifier", "build_ge_classifier", "zero_init_residual"]
@@ -29,11 +30,12 @@ class GEClassifier(nn.Module):
 
 
 def build_ge_classifier(cfg):
-    """A ``GEClassifier`` with ``MODEL.GE.NUM_CLASSES`` outputs, built from the same ``MODEL.RESNETS``
-    and ``MODEL.GE`` keys as the detection backbone (so the state-dict keys match), on the CPU.
-    ``MODEL.BACKBONE.FREEZE_AT`` applies too: pretraining configs set it to 0."""
-    resnet = build_ge_resnet(cfg, len(cfg.MODEL.PIXEL_MEAN), num_classes=cfg.MODEL.GE.NUM_CLASSES)
-    return GEClassifier(resnet, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
+    """A ``GEClassifier`` (``ge_classifier_args``: the classes of the pretraining head) built from the same
+    ``MODEL.RESNETS`` and ``MODEL.GE`` keys as the detection backbone (so the state-dict keys match), on the
+    CPU. ``MODEL.BACKBONE.FREEZE_AT`` applies too: pretraining configs set it to 0."""
+    args = ge_classifier_args(cfg)
+    resnet = build_ge_resnet(cfg, len(args["pixel_mean"]), num_classes=args["num_classes"])
+    return GEClassifier(resnet, args["pixel_mean"], args["pixel_std"])
 
 
 def zero_init_residual(model):

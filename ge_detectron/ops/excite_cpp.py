@@ -3,7 +3,7 @@ runs on the CPU. Importing this module raises ImportError when the extension is 
 
 The extension registers its kernels as private operators, ``torch.ops.ge_detectron_cpu.*``, with the
 public operators' schemas; their fake kernels, registered here, let the public operators trace into
-them (torch.compile keeps them as single nodes). Inputs are checked by the caller (``excite.py``).
+them (torch.compile keeps them as single nodes). Inputs are checked by the caller (``excite_op.py``).
 """
 import torch
 

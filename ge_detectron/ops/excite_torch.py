@@ -2,7 +2,7 @@
 extension is not built, on meta tensors, and for float64 on CUDA (the Triton kernels take float32,
 float16 and bfloat16). The same contract as the kernels: the sigmoid, the products and the sums in the
 opmath type (float32, float64 for float64), each output rounded once, outputs in the layout rule's layout.
-Inputs are checked by the caller (``excite.py``).
+Inputs are checked by the caller (``excite_op.py``).
 """
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,209 @@
+"""A trained detector on the user's own images (tools/predict.py): the inputs, the weights, the
+predictions drawn with detectron2's Visualizer, and COCO-format results.
+
+The model sees each image as evaluation does: read with detectron2's ``read_image`` in the config's
+input format and resized by the config's test-time augmentation (its test ``DatasetMapper``); its
+outputs are at the input's size.
+"""
+import glob
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+from detectron2.config import instantiate
+from detectron2.data import DatasetMapper, MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.modeling import build_model
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
+
+from ..checkpoint import load_weights
+from ..config import detector_num_classes
+from ..data import check_num_classes, dataset_categories
+from .lazy import lazy_dataset_names, lazy_num_classes
+
+__all__ = ["PredictError", "list_inputs", "read_input", "load_trained_weights", "Predictor", "predictor_from_yaml",
+           "predictor_from_lazy", "write_predictions"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class PredictError(ValueError):
+    """A missing or unreadable input, missing weights, or weights that do not fit the config's model."""
+
+
+def list_inputs(paths):
+    """The image files named by ``paths``: files, directories (their images with an IMAGE_EXTENSIONS
+    suffix, sorted) and glob patterns (sorted matches), in the order given, each once."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise PredictError(f"input directory {path!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        elif os.path.isfile(path):
+            found = [path]
+        elif glob.has_magic(path):
+            found = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise PredictError(f"input pattern {path!r} matches no file.")
+        else:
+            raise PredictError(f"input not found: {path!r}.")
+        files += [f for f in found if f not in files]
+    return files
+
+
+def read_input(path, image_format):
+    """``path`` as an HWC uint8 array in ``image_format`` (detectron2's ``read_image``, EXIF orientation applied)."""
+    try:
+        return utils.read_image(path, format=image_format)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: unreadable, truncated or not an image
+        raise PredictError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+
+
+def load_trained_weights(model, weights, config_file):
+    """Load ``weights`` into ``model``. Raise PredictError if the file is missing or unreadable, or if it does
+    not hold exactly the model's parameters and buffers with the model's shapes (e.g. weights of another
+    detector, or trained for another number of classes): predicting with a half-loaded model would draw
+    random boxes without a word."""
+    if not weights:
+        raise PredictError(f"no weights given for {config_file!r}.")
+    if "://" not in weights and not os.path.isfile(weights):
+        raise PredictError(f"weights file not found: {weights!r}.")
+    loader_log = logging.getLogger("fvcore.common.checkpoint")  # its per-tensor mismatch warnings: said below
+    level = loader_log.level
+    loader_log.setLevel(logging.ERROR)
+    try:
+        incompatible = load_weights(model, weights)
+    except Exception as e:  # a truncated, foreign or unreachable file: say which
+        raise PredictError(f"cannot load weights {weights!r}: {type(e).__name__}: {e}") from None
+    finally:
+        loader_log.setLevel(level)
+    shapes = {key: (tuple(ckpt), tuple(mine)) for key, ckpt, mine in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys if k not in shapes]
+    if shapes or missing or incompatible.unexpected_keys:
+        parts = []
+        if shapes:
+            key, (theirs, ours) = next(iter(shapes.items()))
+            parts.append(f"{len(shapes)} tensors have other shapes than the model's (e.g. {key}: {theirs} in the "
+                         f"weights, {ours} in the model)")
+        parts += [f"{len(missing)} model tensors are missing (e.g. {missing[0]})"] if missing else []
+        parts += ([f"{len(incompatible.unexpected_keys)} weights are not in the model (e.g. "
+                   f"{incompatible.unexpected_keys[0]})"] if incompatible.unexpected_keys else [])
+        raise PredictError(f"weights {weights!r} do not fit the model of {config_file!r}: {'; '.join(parts)}. "
+                           "Use the weights a training run with this config wrote (OUTPUT_DIR/model_final.pth).")
+
+
+class Predictor:
+    """``model`` (in eval mode) on single images, as the test ``mapper`` prepares them for evaluation.
+    ``metadata`` gives the Visualizer the class names; ``categories`` ([(dataset category id, name)] by
+    class index) the category ids of COCO results."""
+
+    def __init__(self, model, mapper, metadata, categories=None):
+        self.model, self.metadata, self.categories = model.eval(), metadata, categories
+        self.augmentations = mapper.augmentations  # a T.AugmentationList
+        self.image_format = mapper.image_format
+
+    def __call__(self, image):
+        """``Instances`` of one HWC image in ``self.image_format``, at its size, on the CPU."""
+        height, width = image.shape[:2]
+        aug_input = T.AugInput(image)
+        self.augmentations(aug_input)
+        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        with torch.no_grad():
+            return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
+
+    def draw(self, image, instances, score_threshold):
+        """The image (RGB, at its size) with the instances scoring at least ``score_threshold`` drawn on it."""
+        rgb = utils.convert_image_to_rgb(image, self.image_format)
+        keep = instances[instances.scores >= score_threshold]
+        return Visualizer(rgb, self.metadata, scale=1.0, instance_mode=ColorMode.IMAGE).draw_instance_predictions(
+            keep).get_image()
+
+
+def _metadata_and_categories(dataset_names, num_classes, key):
+    """Metadata with the class names of the first dataset that has categories, and its [(id, name)]."""
+    for name in dataset_names:
+        categories = dataset_categories(name)
+        if categories is not None:
+            if num_classes is not None:
+                check_num_classes([name], key, num_classes)
+            return Metadata(name=name, thing_classes=[n for _, n in categories]), categories
+    return Metadata(name="unknown"), None
+
+
+def _weights(given, output_dir, config_file, how):
+    """The weights given on the command line, else the last checkpoint a training run wrote to ``output_dir``."""
+    if given is not None:
+        return given
+    tag = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(tag):
+        raise PredictError(f"no trained weights for {config_file!r}: {tag!r} does not exist. Train with this config "
+                           f"first, or give {how}.")
+    with open(tag) as f:
+        return os.path.join(output_dir, f.read().strip())
+
+
+def predictor_from_yaml(cfg, config_file, weights=None):
+    """A Predictor of a YAML config (``get_ge_cfg``): ``weights`` (MODEL.WEIGHTS given on the command line),
+    else the last checkpoint in OUTPUT_DIR; class names from DATASETS.TEST (or TRAIN)."""
+    key, num_classes = detector_num_classes(cfg)
+    metadata, categories = _metadata_and_categories([*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN], num_classes, key)
+    model = build_model(cfg)
+    load_trained_weights(model, _weights(weights, cfg.OUTPUT_DIR, config_file, "MODEL.WEIGHTS path/to/model.pth"),
+                         config_file)
+    return Predictor(model, DatasetMapper(cfg, is_train=False), metadata, categories)
+
+
+def predictor_from_lazy(cfg, config_file, weights=None):
+    """A Predictor of a LazyConfig: ``weights`` (train.init_checkpoint given on the command line), else the
+    last checkpoint in train.output_dir; class names from the test (or train) dataset."""
+    train_names, test_names = lazy_dataset_names(cfg)
+    key, num_classes = lazy_num_classes(cfg) or (None, None)
+    metadata, categories = _metadata_and_categories(test_names + train_names, num_classes, key)
+    model = instantiate(cfg.model).to(cfg.train.device)
+    load_trained_weights(model, _weights(weights, cfg.train.output_dir, config_file,
+                                         "train.init_checkpoint=path/to/model.pth"), config_file)
+    return Predictor(model, instantiate(cfg.dataloader.test.mapper), metadata, categories)
+
+
+def _output_names(files):
+    """``<stem>.png`` per input; a stem seen before gets ``_2``, ``_3``, ..."""
+    names, seen = [], {}
+    for path in files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
+    return names
+
+
+def write_predictions(predictor, files, output_dir, score_threshold=0.5, json_path=None, log=print):
+    """Predict every file; write ``output_dir/<stem>.png`` (the input with its detections at or above
+    ``score_threshold``) and, with ``json_path``, all detections as COCO results (``image_id``: the input's
+    position from 1, ``file_name``: its path; ``category_id``: the dataset's category id). Returns the
+    number of detections drawn per file."""
+    os.makedirs(output_dir, exist_ok=True)
+    results, drawn = [], {}
+    id_of_class = [cid for cid, _ in predictor.categories] if predictor.categories else None
+    for image_id, (path, name) in enumerate(zip(files, _output_names(files)), start=1):
+        image = read_input(path, predictor.image_format)
+        instances = predictor(image)
+        Image.fromarray(predictor.draw(image, instances, score_threshold)).save(os.path.join(output_dir, name))
+        drawn[path] = int((instances.scores >= score_threshold).sum())
+        log(f"{path}: {len(instances)} detections, {drawn[path]} with score >= {score_threshold} drawn to "
+            f"{os.path.join(output_dir, name)}")
+        for det in instances_to_coco_json(instances, image_id):
+            det["file_name"] = path
+            if id_of_class is not None:
+                det["category_id"] = id_of_class[det["category_id"]]
+            results.append(det)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f)
+        log(f"wrote {len(results)} detections of {len(files)} images as COCO results to {json_path}")
+    return drawn

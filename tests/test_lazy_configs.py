@@ -1,0 +1,262 @@
+"""The LazyConfigs: each instantiates and trains one iteration on generated data; the paper's LazyConfig is
+the detector of faster_rcnn_ge_r50.yaml; tools/lazyconfig_train_net.py's flow trains, evaluates, resumes,
+stops on a non-finite loss, and fails before training with one-line errors."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.config import instantiate
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.solver import build_lr_scheduler
+from detectron2.utils.env import seed_all_rng
+
+from ge_detectron import GatherExcite
+from ge_detectron.config import get_ge_cfg
+from ge_detectron.data import generate_shapes_split
+from ge_detectron.detection.cli import run_lazyconfig_train_net
+from ge_detectron.detection.lazy import LazyTrainer, load_lazy_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER = os.path.join(REPO, "configs", "faster_rcnn_ge_r50.py")
+LAZY = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
+              if os.sep + "common" + os.sep not in p)
+
+
+def tiny(tiny_shapes, output_dir, seed=3):
+    """key=value overrides: the tiny generated data at 64 px, 1 iteration of 2 images on the CPU."""
+    return ["train.device=cpu", "train.init_checkpoint=", "train.max_iter=1", f"train.output_dir={output_dir}",
+            "train.amp.enabled=false", "train.eval_period=0", "train.checkpointer.period=100", f"+train.seed={seed}",
+            "optimizer.lr=0.001", "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+            "dataloader.test.num_workers=0", f"dataloader.train.dataset.names={tiny_shapes['train']}",
+            f"dataloader.test.dataset.names={tiny_shapes['val']}", "model.roi_heads.num_classes=4",
+            "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+            "dataloader.test.mapper.augmentations.0.max_size=64"]
+
+
+# 1/16 of the widths, as TINY in test_robustness.py: stem 16, res2 64 channels, bottlenecks from 16.
+NARROW_BOTTOM_UP = ["stem.out_channels=16", "stages.stem_out_channels=16", "stages.res2_out_channels=64",
+                    "stages.width_per_group=16"]
+# the paper's C4 detector: narrow res2-res4 and res5 (head), 64 px training; all reachable by key=value
+TINY_C4 = [*(f"model.backbone.{o}" for o in NARROW_BOTTOM_UP), "model.proposal_generator.head.in_channels=256",
+           "model.roi_heads.res5.in_channels=256", "model.roi_heads.res5.bottleneck_channels=128",
+           "model.roi_heads.res5.out_channels=512", "model.backbone.stem.norm=BN", "model.backbone.stages.norm=BN",
+           "model.roi_heads.res5.norm=BN", "model.backbone.freeze_at=0", "model.roi_heads.batch_size_per_image=16",
+           "model.roi_heads.pooler.output_size=7",
+           "model.proposal_generator.post_nms_topk=[200,50]",
+           "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
+           "dataloader.train.mapper.augmentations.0.max_size=64"]
+# the LSJ Mask R-CNN: 64 px jitter and crop (its ShapeSpecs are narrowed in Python, below)
+TINY_LSJ = [*(f"model.backbone.bottom_up.{o}" for o in NARROW_BOTTOM_UP), "model.backbone.out_channels=32",
+            "model.proposal_generator.head.in_channels=32", "model.roi_heads.batch_size_per_image=64",
+            "model.proposal_generator.post_nms_topk=[200,50]",
+            "dataloader.train.mapper.augmentations.0.target_height=64",
+            "dataloader.train.mapper.augmentations.0.target_width=64",
+            "dataloader.train.mapper.augmentations.1.crop_size=[64,64]"]
+
+
+def narrow_fpn_heads(cfg):
+    heads = cfg.model.roi_heads
+    heads.box_head.input_shape = ShapeSpec(channels=32, height=7, width=7)
+    heads.box_head.conv_dims, heads.box_head.fc_dims = [32] * len(heads.box_head.conv_dims), [64]
+    heads.box_predictor.input_shape = ShapeSpec(channels=64)
+    heads.mask_head.input_shape = ShapeSpec(channels=32, height=14, width=14)
+    heads.mask_head.conv_dims = [32] * len(heads.mask_head.conv_dims)
+    return cfg
+
+
+def tiny_lazy_cfg(path, tiny_shapes, output_dir, extra=()):
+    lsj = "LSJ" in path
+    cfg = load_lazy_config(path, tiny(tiny_shapes, output_dir) + (TINY_LSJ if lsj else TINY_C4) + list(extra))
+    return narrow_fpn_heads(cfg) if lsj else cfg
+
+
+@pytest.mark.parametrize("path", LAZY, ids=lambda p: os.path.relpath(p, REPO))
+def test_every_lazy_config_instantiates_and_trains_one_iteration(path, tiny_shapes, tmp_path):
+    full = instantiate(load_lazy_config(path, ["train.device=cpu"]).model)  # the config as shipped
+    assert {m.variant for m in full.modules() if isinstance(m, GatherExcite)} == {"theta"}
+
+    cfg = tiny_lazy_cfg(path, tiny_shapes, tmp_path)
+    seed_all_rng(cfg.train.seed)
+    trainer = LazyTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    ge_params = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if ".ge." in n}
+    assert ge_params
+    trainer.train()
+    assert trainer.iter == cfg.train.max_iter == 1
+    losses = trainer.storage.history("total_loss").values()
+    assert len(losses) == 1 and 0 < losses[0][0] < float("inf")
+    if "LSJ" in path:
+        assert trainer.storage.history("loss_mask").latest() > 0
+    changed = [n for n, p in trainer.model.named_parameters() if n in ge_params and not torch.equal(p, ge_params[n])]
+    assert changed, "one SGD step should move the GE parameters"
+    assert (tmp_path / "model_final.pth").exists()  # GECheckpointer wrote the final checkpoint
+
+
+def _module_settings(model):
+    """Per submodule: its class, and the hyperparameters the two config systems could set differently."""
+    attrs = ("variant", "extent", "pre_nms_topk", "post_nms_topk", "nms_thresh", "batch_size_per_image",
+             "positive_fraction", "test_score_thresh", "test_nms_thresh", "test_topk_per_image", "num_classes",
+             "stride", "in_features", "proposal_append_gt", "smooth_l1_beta", "box_reg_loss_type", "anchor_boundary_thresh")
+    return {name: (type(m).__name__, {a: getattr(m, a) for a in attrs if hasattr(m, a)}) for name, m in model.named_modules()}
+
+
+def test_paper_lazy_config_is_the_yaml_detector():
+    torch.manual_seed(0)
+    lazy_cfg = load_lazy_config(PAPER, ["train.device=cpu"])
+    yaml_cfg = get_ge_cfg(os.path.join(REPO, "configs", "faster_rcnn_ge_r50.yaml"), ["MODEL.DEVICE", "cpu"])
+    lazy, yaml = instantiate(lazy_cfg.model), build_model(yaml_cfg)
+
+    lazy_state, yaml_state = lazy.state_dict(), yaml.state_dict()
+    assert lazy_state.keys() == yaml_state.keys()
+    assert {k: v.shape for k, v in lazy_state.items()} == {k: v.shape for k, v in yaml_state.items()}
+    assert {n: p.requires_grad for n, p in lazy.named_parameters()} == {n: p.requires_grad for n, p in yaml.named_parameters()}
+    assert _module_settings(lazy) == _module_settings(yaml)
+    anchors = [a.tolist() for a in lazy.proposal_generator.anchor_generator.cell_anchors]
+    assert anchors == [a.tolist() for a in yaml.proposal_generator.anchor_generator.cell_anchors]
+    assert (lazy.roi_heads.pooler.level_poolers[0].output_size, lazy.roi_heads.pooler.level_poolers[0].aligned) == (
+        yaml.roi_heads.pooler.level_poolers[0].output_size, yaml.roi_heads.pooler.level_poolers[0].aligned)
+    assert lazy.roi_heads.pooler.level_poolers[0].aligned  # ROIAlignV2
+    assert type(lazy.roi_heads).__name__ == "GERes5ROIHeads" and not lazy.roi_heads.mask_on
+
+    # the data, the initial weights and the 1x schedule
+    assert lazy_cfg.dataloader.train.dataset.names == yaml_cfg.DATASETS.TRAIN[0] == "coco_2014_train"
+    assert lazy_cfg.dataloader.test.dataset.names == yaml_cfg.DATASETS.TEST[0] == "coco_2014_val"
+    assert lazy_cfg.train.init_checkpoint == yaml_cfg.MODEL.WEIGHTS
+    assert lazy_cfg.dataloader.train.total_batch_size == yaml_cfg.SOLVER.IMS_PER_BATCH
+    resize = lazy_cfg.dataloader.train.mapper.augmentations[0]
+    assert (list(resize.short_edge_length), resize.max_size) == (list(yaml_cfg.INPUT.MIN_SIZE_TRAIN), yaml_cfg.INPUT.MAX_SIZE_TRAIN)
+    assert lazy_cfg.train.max_iter == yaml_cfg.SOLVER.MAX_ITER
+    lazy_cfg.optimizer.params.model = lazy
+    lazy_opt = instantiate(lazy_cfg.optimizer)
+    yaml_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=yaml_cfg.SOLVER.BASE_LR)
+    multiplier, scheduler = instantiate(lazy_cfg.lr_multiplier), build_lr_scheduler(yaml_cfg, yaml_opt)
+    for it in (0, 1, 500, 999, 1000, 59999, 60000, 79999, 80000, 89999):
+        scheduler.last_epoch = it - 1
+        scheduler.step()  # the learning rate of iteration ``it``
+        expected = yaml_opt.param_groups[0]["lr"]
+        assert lazy_opt.defaults["lr"] * multiplier(it / lazy_cfg.train.max_iter) == pytest.approx(expected), it
+    assert (lazy_opt.defaults["momentum"], lazy_opt.defaults["weight_decay"]) == (
+        yaml_cfg.SOLVER.MOMENTUM, yaml_cfg.SOLVER.WEIGHT_DECAY)
+
+
+def lazy_tool(tiny_shapes, output_dir, *args, extra=()):
+    """tools/lazyconfig_train_net.py's flow in this process (detectron2's launch runs one process inline)."""
+    return run_lazyconfig_train_net(["--config-file", PAPER, *args, *tiny(tiny_shapes, output_dir), *TINY_C4, *extra])
+
+
+def test_lazy_tool_trains_evaluates_resumes_and_evaluates_only(tiny_shapes, tmp_path, capsys):
+    out = tmp_path / "out"
+    lazy_tool(tiny_shapes, out, extra=["train.max_iter=2", "train.checkpointer.period=1",
+                                       "model.roi_heads.box_predictor.test_score_thresh=0.0"])
+    assert (out / "last_checkpoint").read_text() == "model_final.pth" and (out / "model_0000000.pth").exists()
+    assert (out / "config.yaml").exists() and (out / "inference" / "coco_instances_results.json").exists()
+    log = (out / "log.txt").read_text()
+    assert "Evaluation results for bbox" in log and "Starting training from iteration 0" in log
+
+    lazy_tool(tiny_shapes, out, "--resume", extra=["train.max_iter=3"])
+    assert "Starting training from iteration 2" in (out / "log.txt").read_text()
+    assert torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["iteration"] == 2
+
+    lazy_tool(tiny_shapes, tmp_path / "eval", "--eval-only", extra=[f"train.init_checkpoint={out / 'model_final.pth'}"])
+    log = (tmp_path / "eval" / "log.txt").read_text()
+    assert f"Loading from {out / 'model_final.pth'}" in log and "Evaluation results for bbox" in log
+
+
+# tools/lazyconfig_train_net.py's flow with the arguments in argv[1:], its trainer SIGKILLing its own process
+# after the hooks (the checkpointer's among them) of iteration $KILL_AFTER_ITERATION, if set.
+KILLABLE_LAZY_TOOL = """
+import os, signal, sys
+from ge_detectron.detection.cli import run_lazyconfig_train_net  # first: compat fixes before detectron2 is used
+from ge_detectron.detection.lazy import LazyTrainer
+from detectron2.engine import HookBase
+
+class SigkillAfter(HookBase):
+    def after_step(self):
+        if self.trainer.iter == int(os.environ["KILL_AFTER_ITERATION"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+if "KILL_AFTER_ITERATION" in os.environ:
+    init = LazyTrainer.__init__
+    def init_with_kill(self, cfg):
+        init(self, cfg)
+        self._trainer.register_hooks([SigkillAfter()])
+    LazyTrainer.__init__ = init_with_kill
+run_lazyconfig_train_net(sys.argv[1:])
+"""
+
+
+def test_lazy_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    names = {"train": "exact_lazy_train", "val": "exact_lazy_val"}
+    register = []
+    for split, num, seed in (("train", 4, 10), ("val", 2, 11)):
+        json_path = tmp_path / f"{split}.json"
+        generate_shapes_split(str(tmp_path / split), str(json_path), num, seed, image_size=64, min_side=12, max_side=30)
+        register += ["--register-coco", names[split], str(json_path), str(tmp_path / split)]
+
+    def run(out, *args, kill_after=None):
+        # momentum SGD, 2 of the 4 images per step (the stream position matters), the config's random flip and
+        # resize in this process (num_workers 0: the generators matter), random proposal sampling
+        extra = ["train.max_iter=6", "train.checkpointer.period=2", "dataloader.train.total_batch_size=2"]
+        cmd = [sys.executable, "-c", KILLABLE_LAZY_TOOL, "--config-file", PAPER, *register, *args,
+               *tiny(names, tmp_path / out, seed=5), *TINY_C4, *extra]
+        env = {k: v for k, v in os.environ.items() if k != "KILL_AFTER_ITERATION"}
+        env.update({} if kill_after is None else {"KILL_AFTER_ITERATION": str(kill_after)})
+        with open(tmp_path / f"{out}{len(args)}.log", "w") as log:
+            returncode = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600).returncode
+        return returncode, (tmp_path / f"{out}{len(args)}.log").read_text()
+
+    returncode, log = run("uninterrupted")
+    assert returncode == 0, log[-3000:]
+    returncode, log = run("killed", kill_after=3)
+    assert returncode == -signal.SIGKILL, log[-3000:]
+    assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000003.pth"
+    returncode, log = run("killed", "--resume")
+    assert returncode == 0 and "Starting training from iteration 4" in log, log[-3000:]
+    assert "will not equal an uninterrupted" not in log and "restarts" not in log
+
+    load = lambda path: torch.load(path, map_location="cpu", weights_only=True)  # noqa: E731
+    expected, resumed = (load(tmp_path / out / "model_final.pth") for out in ("uninterrupted", "killed"))
+    at_kill = load(tmp_path / "killed" / "model_0000003.pth")["model"]
+    assert expected["iteration"] == resumed["iteration"] == 5
+    assert [k for k, v in expected["model"].items() if not torch.equal(v, resumed["model"][k])] == []
+    assert any(not torch.equal(v, at_kill[k]) for k, v in expected["model"].items())  # it trained after the kill
+    torch.testing.assert_close(resumed["trainer"]["optimizer"], expected["trainer"]["optimizer"], rtol=0, atol=0)
+
+
+def test_lazy_tool_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tiny_shapes, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"error: training stopped, (the loss|the model's weights) (is|are) not finite.*"
+                                         r"iteration=\d+.*The last good checkpoint is kept"):
+        lazy_tool(tiny_shapes, out, extra=["train.max_iter=30", "train.checkpointer.period=1", "optimizer.lr=1e12"])
+    state = torch.load(out / (out / "last_checkpoint").read_text(), map_location="cpu", weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["train.max_iters=5"], r"override 'train.max_iters=5': .* has no key 'train.max_iters' \(write \+train.max_iters=5"),
+    (["train.max_iter"], r"override 'train.max_iter' is not key=value"),
+    (["model.backbone.stages.ge_extent=6"], r"cannot build the model: ValueError: GatherExcite extent=6 is invalid"),
+    (["model.backbone.stages.ge_stages=[res1]"], r"cannot build the model: ValueError: ge_stages=\['res1'\] is invalid"),
+    (["model.roi_heads.num_classes=80"],
+     r"model.roi_heads.num_classes = 80 but dataset 'tiny_shapes_train' has 4 categories \(circle, square, triangle, "
+     r"cross\): set model.roi_heads.num_classes to 4"),
+    (["train.device=cuda"] if not torch.cuda.is_available() else ["dataloader.train.total_batch_size=3"],
+     r"train.device is 'cuda' but no CUDA GPU is visible" if not torch.cuda.is_available() else "not divisible"),
+])
+def test_lazy_tool_errors_before_training_name_the_problem(extra, message, tiny_shapes, tmp_path):
+    with pytest.raises(SystemExit, match="^error: " + message):
+        lazy_tool(tiny_shapes, tmp_path, extra=extra)
+    assert not (tmp_path / "last_checkpoint").exists()
+
+
+def test_lazy_tool_missing_config_is_one_line_on_stderr(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "lazyconfig_train_net.py"), "--config-file",
+                             str(tmp_path / "nope.py"), "train.max_iter=1"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: config file not found: {str(tmp_path / 'nope.py')!r}."
