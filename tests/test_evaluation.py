@@ -21,14 +21,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ge_detectron.config import get_ge_cfg
+from ge_detectron.detection import DetectionTrainer as Trainer
 from ge_detectron.evaluation import build_coco_evaluator, fast_coco_eval
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from test_robustness import DEMO, TINY  # noqa: E402
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from train_net import Trainer  # noqa: E402
 
 CLASSES = ("circle", "square", "triangle")  # no image has a triangle
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
@@ -204,7 +202,7 @@ def test_no_predictions_gives_detectron2s_nan_metrics(tmp_path, caplog):
 
 
 def test_train_net_evaluates_a_pascal_voc_dataset(tmp_path):
-    """tools/train_net.py's evaluation (Trainer.test: test loader, inference, COCOEvaluator) on the VOC
+    """tools/train_net.py's evaluation (DetectionTrainer.test: test loader, inference, COCOEvaluator) on the VOC
     dataset of an untrained detector, against pycocotools on the detections it wrote."""
     write_voc(tmp_path / "VOC2007", VOC_IMAGES)
     name = "ge_test_voc_2007_trainnet"
