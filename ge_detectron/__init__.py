@@ -1,9 +1,10 @@
 """ge_detectron: Gather-Excite networks (Hu et al., NeurIPS 2018) as a detectron2 plugin.
 
-Importing the package applies the detectron2 0.6 compatibility fixes (``ge_detectron.compat``) and
-registers the GE backbones (``build_ge_resnet_backbone``, ``build_ge_resnet_fpn_backbone``,
-``build_ge_retinanet_resnet_fpn_backbone``) and the C4 ROI head (``GERes5ROIHeads``) in detectron2's
-registries. ``make_ge_resnet_stages`` and ``make_ge_stage`` build the same from plain arguments (LazyConfigs).
+Importing the package applies the compatibility fixes the installed detectron2 needs
+(``ge_detectron.compat``; none for detectron2 main built from source) and registers the GE backbones
+(``build_ge_resnet_backbone``, ``build_ge_resnet_fpn_backbone``, ``build_ge_retinanet_resnet_fpn_backbone``)
+and the C4 ROI head (``GERes5ROIHeads``) in detectron2's registries. ``make_ge_resnet_stages`` and
+``make_ge_stage`` build the same from plain arguments (LazyConfigs).
 """
 from . import compat
 

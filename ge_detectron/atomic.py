@@ -3,13 +3,32 @@ one (``<path>.tmp<pid>``) and renamed into place once complete, so that a reader
 later run) sees the whole file or folder or none of it, and a process killed while writing leaves only
 the temporary name behind."""
 import os
+import re
 import shutil
 from contextlib import contextmanager
+
+
+_TEMPORARY_NAME = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")
 
 
 def temporary_path(path):
     """The name ``path`` is written under until it is complete: ``<path>.tmp<this process's id>``."""
     return f"{path.rstrip(os.sep)}.tmp{os.getpid()}"
+
+
+def abandoned_temporary_name(name):
+    """For the base name of a ``temporary_path`` whose writer is no longer running (a process killed
+    while writing), the final name it stood for; else None."""
+    match = _TEMPORARY_NAME.match(name)
+    if match is None:
+        return None
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return match["name"]
+    except PermissionError:  # another user's process, running
+        pass
+    return None
 
 
 class AtomicFile:

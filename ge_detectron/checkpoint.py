@@ -1,15 +1,18 @@
 """Checkpointing for GE models: detectron2's DetectionCheckpointer with
 
 - atomic writes: a checkpoint and ``last_checkpoint`` are written to a temporary file and renamed,
-  so a run killed while saving never leaves a truncated checkpoint or a tag pointing at one;
+  so a run killed while saving never leaves a truncated checkpoint or a tag pointing at one; the
+  temporary files such a kill leaves are removed when the next run starts;
+- the incompatible keys of the last weights loaded (``incompatible``), which detectron2 only logs;
 - a loud warning when a learnable GE module sits in a frozen stage and the checkpoint has no weights
   for it (GE_SPEC.md: it would stay a fixed random gate for the whole run).
 """
 import logging
+import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .atomic import AtomicFile
+from .atomic import AtomicFile, abandoned_temporary_name
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +42,21 @@ class GECheckpointer(DetectionCheckpointer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.path_manager = _AtomicWrites(self.path_manager)
+        self.incompatible = None  # missing_keys, unexpected_keys, incorrect_shapes of the last weights loaded
+
+    def remove_stale_temporary_files(self):
+        """Delete the temporary files of atomic writes (``last_checkpoint.tmp<pid>``, ``model_*.pth.tmp<pid>``)
+        that a process killed while saving left in ``save_dir``, unless that process is still running."""
+        if not self.save_dir or "://" in self.save_dir or not os.path.isdir(self.save_dir):
+            return
+        for name in sorted(os.listdir(self.save_dir)):
+            final = abandoned_temporary_name(name)
+            if final is not None and (final == "last_checkpoint" or final.endswith(".pth")):
+                os.remove(os.path.join(self.save_dir, name))
+                logger.info(f"Removed {name} from {self.save_dir}: the unfinished write of a process that was stopped.")
 
     def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
+        incompatible = self.incompatible = super()._load_model(checkpoint)
         frozen_random = frozen_random_ge_parameters(self.model, incompatible.missing_keys)
         if frozen_random:
             stages = sorted({name.split(".ge.")[0].rsplit(".", 1)[0] for name in frozen_random})
@@ -51,3 +66,12 @@ class GECheckpointer(DetectionCheckpointer):
                 "MODEL.BACKBONE.FREEZE_AT, use a parameter-free variant (theta_minus), or load a GE-pretrained "
                 "checkpoint. !!!", len(frozen_random), ", ".join(stages))
         return incompatible
+
+
+def load_weights(model, path):
+    """Load the weights in ``path`` (what MODEL.WEIGHTS takes: a detectron2 .pth, a model-zoo or converted
+    .pkl, a Caffe2 .pkl) into ``model`` through detectron2's checkpointer, with its name matching; return
+    the incompatible keys (``missing_keys``, ``unexpected_keys``, ``incorrect_shapes``)."""
+    checkpointer = GECheckpointer(model)
+    checkpointer.load(path, checkpointables=[])
+    return checkpointer.incompatible

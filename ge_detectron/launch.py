@@ -52,10 +52,13 @@ def init_torchrun_process_group(device):
     if on_cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if on_cuda else "gloo", init_method="env://")
-    for first in range(0, world, local_size):  # every process must create every group
-        group = dist.new_group(list(range(first, first + local_size)))
-        if first <= rank < first + local_size:
-            comm._LOCAL_PROCESS_GROUP = group
+    if hasattr(comm, "create_local_process_group"):  # detectron2 after 0.6
+        comm.create_local_process_group(local_size)
+    else:  # detectron2 0.6 has no function for it: what its launch() does itself
+        for first in range(0, world, local_size):  # every process must create every group
+            group = dist.new_group(list(range(first, first + local_size)))
+            if first <= rank < first + local_size:
+                comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
 
 

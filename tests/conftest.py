@@ -6,9 +6,16 @@ import torch
 import ge_detectron  # noqa: F401  (compat fixes and registration before detectron2 is used)
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.utils.env import seed_all_rng
 from ge_detectron.data import generate_shapes_split
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def seeded_rngs():
+    """Every test starts from the same random state (torch, numpy, random), whatever ran before it."""
+    seed_all_rng(0)
 
 
 @pytest.fixture(scope="session")

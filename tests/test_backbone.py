@@ -10,7 +10,7 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 
 from ge_detectron import GEBottleneckBlock, GEConfigError
-from ge_detectron.checkpoint import GECheckpointer
+from ge_detectron.checkpoint import GECheckpointer, load_weights
 from ge_detectron.config import get_ge_cfg
 
 
@@ -90,8 +90,7 @@ def test_msra_style_c2_checkpoint_loads_with_only_ge_keys_missing(backbone, tmp_
     path.write_bytes(pickle.dumps({"blobs": blobs}))
 
     model = build_model(cfg_for(backbone, stages=("res3", "res4", "res5")))
-    checkpointer = DetectionCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(str(path)))
+    incompatible = load_weights(model, str(path))
     ge_missing = {k for k in incompatible.missing_keys if ".ge." in k}
     resnet_missing = {k for k in incompatible.missing_keys if re.search(r"(stem|res\d)\.", k)} - ge_missing
     # FrozenBN fills absent running statistics itself, so only GE conv and norm weights are reported
@@ -105,8 +104,7 @@ def test_d2_checkpoint_loads_into_ge_backbone_with_only_ge_keys_missing(tmp_path
     plain, _ = _plain_state_dict("fpn")
     DetectionCheckpointer(plain, save_dir=str(tmp_path)).save("plain")
     model = build_model(cfg_for("fpn", variant="theta_plus", extent=0, stages=("res3", "res4", "res5")))
-    checkpointer = DetectionCheckpointer(model)
-    incompatible = checkpointer._load_model(checkpointer._load_file(str(tmp_path / "plain.pth")))
+    incompatible = load_weights(model, str(tmp_path / "plain.pth"))
     assert incompatible.missing_keys and all(".ge." in k for k in incompatible.missing_keys)
     assert not incompatible.unexpected_keys
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
+from ge_detectron.checkpoint import load_weights
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.modeling.classifier import build_ge_classifier
 from ge_detectron.pretrain import ClassificationTask, get_pretrain_cfg, load_into_detector, to_backbone_checkpoint
@@ -62,7 +63,7 @@ def classifier_from_torchvision(pkl, tv_model, opts=()):
     cfg = get_pretrain_cfg(os.path.join(CONFIGS, "faster_rcnn_ge_r50_torchvision.yaml"),
                            ["MODEL.GE.VARIANT", "none", "MODEL.DEVICE", "cpu", *opts])
     classifier = build_ge_classifier(cfg).eval()
-    incompatible = DetectionCheckpointer(classifier)._load_model(DetectionCheckpointer(classifier)._load_file(pkl))
+    incompatible = load_weights(classifier, pkl)
     assert sorted(incompatible.missing_keys) == ["resnet.linear.bias", "resnet.linear.weight"]
     classifier.resnet.linear.load_state_dict(tv_model.fc.state_dict())
     return classifier

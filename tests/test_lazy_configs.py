@@ -3,6 +3,7 @@ the detector of faster_rcnn_ge_r50.yaml; tools/lazyconfig_train_net.py's flow tr
 stops on a non-finite loss, and fails before training with one-line errors."""
 import glob
 import os
+import signal
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from detectron2.utils.env import seed_all_rng
 
 from ge_detectron import GatherExcite
 from ge_detectron.config import get_ge_cfg
+from ge_detectron.data import generate_shapes_split
 from ge_detectron.detection.cli import run_lazyconfig_train_net
 from ge_detectron.detection.lazy import LazyTrainer, load_lazy_config
 
@@ -163,6 +165,67 @@ def test_lazy_tool_trains_evaluates_resumes_and_evaluates_only(tiny_shapes, tmp_
     lazy_tool(tiny_shapes, tmp_path / "eval", "--eval-only", extra=[f"train.init_checkpoint={out / 'model_final.pth'}"])
     log = (tmp_path / "eval" / "log.txt").read_text()
     assert f"Loading from {out / 'model_final.pth'}" in log and "Evaluation results for bbox" in log
+
+
+# tools/lazyconfig_train_net.py's flow with the arguments in argv[1:], its trainer SIGKILLing its own process
+# after the hooks (the checkpointer's among them) of iteration $KILL_AFTER_ITERATION, if set.
+KILLABLE_LAZY_TOOL = """
+import os, signal, sys
+from ge_detectron.detection.cli import run_lazyconfig_train_net  # first: compat fixes before detectron2 is used
+from ge_detectron.detection.lazy import LazyTrainer
+from detectron2.engine import HookBase
+
+class SigkillAfter(HookBase):
+    def after_step(self):
+        if self.trainer.iter == int(os.environ["KILL_AFTER_ITERATION"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+if "KILL_AFTER_ITERATION" in os.environ:
+    init = LazyTrainer.__init__
+    def init_with_kill(self, cfg):
+        init(self, cfg)
+        self._trainer.register_hooks([SigkillAfter()])
+    LazyTrainer.__init__ = init_with_kill
+run_lazyconfig_train_net(sys.argv[1:])
+"""
+
+
+def test_lazy_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    names = {"train": "exact_lazy_train", "val": "exact_lazy_val"}
+    register = []
+    for split, num, seed in (("train", 4, 10), ("val", 2, 11)):
+        json_path = tmp_path / f"{split}.json"
+        generate_shapes_split(str(tmp_path / split), str(json_path), num, seed, image_size=64, min_side=12, max_side=30)
+        register += ["--register-coco", names[split], str(json_path), str(tmp_path / split)]
+
+    def run(out, *args, kill_after=None):
+        # momentum SGD, 2 of the 4 images per step (the stream position matters), the config's random flip and
+        # resize in this process (num_workers 0: the generators matter), random proposal sampling
+        extra = ["train.max_iter=6", "train.checkpointer.period=2", "dataloader.train.total_batch_size=2"]
+        cmd = [sys.executable, "-c", KILLABLE_LAZY_TOOL, "--config-file", PAPER, *register, *args,
+               *tiny(names, tmp_path / out, seed=5), *TINY_C4, *extra]
+        env = {k: v for k, v in os.environ.items() if k != "KILL_AFTER_ITERATION"}
+        env.update({} if kill_after is None else {"KILL_AFTER_ITERATION": str(kill_after)})
+        with open(tmp_path / f"{out}{len(args)}.log", "w") as log:
+            returncode = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600).returncode
+        return returncode, (tmp_path / f"{out}{len(args)}.log").read_text()
+
+    returncode, log = run("uninterrupted")
+    assert returncode == 0, log[-3000:]
+    returncode, log = run("killed", kill_after=3)
+    assert returncode == -signal.SIGKILL, log[-3000:]
+    assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000003.pth"
+    returncode, log = run("killed", "--resume")
+    assert returncode == 0 and "Starting training from iteration 4" in log, log[-3000:]
+    assert "will not equal an uninterrupted" not in log and "restarts" not in log
+
+    load = lambda path: torch.load(path, map_location="cpu", weights_only=True)  # noqa: E731
+    expected, resumed = (load(tmp_path / out / "model_final.pth") for out in ("uninterrupted", "killed"))
+    at_kill = load(tmp_path / "killed" / "model_0000003.pth")["model"]
+    assert expected["iteration"] == resumed["iteration"] == 5
+    assert [k for k, v in expected["model"].items() if not torch.equal(v, resumed["model"][k])] == []
+    assert any(not torch.equal(v, at_kill[k]) for k, v in expected["model"].items())  # it trained after the kill
+    torch.testing.assert_close(resumed["trainer"]["optimizer"], expected["trainer"]["optimizer"], rtol=0, atol=0)
 
 
 def test_lazy_tool_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tiny_shapes, tmp_path):

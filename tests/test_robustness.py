@@ -27,7 +27,11 @@ TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MI
         # a narrow R50 (about 1/16 of the widths): fast to build, train and checkpoint
         "MODEL.RESNETS.NORM", "BN", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.WIDTH_PER_GROUP", "16",
         "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FPN.NORM", "",
-        "MODEL.ROI_BOX_HEAD.FC_DIM", "64"]
+        "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+        # At 64 px the E8 gathers of res3-res5 end in 1x1 maps: BN there would normalise each channel over the
+        # batch's 2 values, and its backward scales gradients by up to 1/sqrt(eps) ~ 316 per gather conv (the 2
+        # values equal when an unreadable image's replacement is the other image of the batch): inf in the stem.
+        "MODEL.GE.NORM", "FrozenBN"]
 
 
 def shapes_root(tmp_path, num_train=4, num_val=2):
@@ -39,17 +43,38 @@ def shapes_root(tmp_path, num_train=4, num_val=2):
     return root
 
 
-class TrainNet:
-    """tools/train_net.py in a subprocess whose output goes to a file (a pipe nobody reads would block it)."""
+# Runs the script in argv[1] with the remaining arguments, its trainer SIGKILLing its own process after
+# the hooks (the checkpointer's among them) of iteration $KILL_AFTER_ITERATION: a kill at an exact point.
+KILLED_AFTER_ITERATION = """
+import os, runpy, signal, sys
+from ge_detectron.engine import GETrainer
+from detectron2.engine import HookBase
 
-    def __init__(self, tmp_path, *opts, resume=False):
+class SigkillAfter(HookBase):
+    def after_step(self):
+        if self.trainer.iter == int(os.environ["KILL_AFTER_ITERATION"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+build_hooks = GETrainer.build_hooks
+GETrainer.build_hooks = lambda self: build_hooks(self) + [SigkillAfter()]
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+class TrainNet:
+    """tools/train_net.py in a subprocess whose output goes to a file (a pipe nobody reads would block it),
+    writing to tmp_path / out; with ``kill_after``, SIGKILLed after that iteration's checkpoint."""
+
+    def __init__(self, tmp_path, *opts, resume=False, out="out", kill_after=None):
         cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", DEMO]
+        cmd[1:1] = ["-c", KILLED_AFTER_ITERATION] if kill_after is not None else []
         cmd += ["--resume"] if resume else []
-        cmd += [*TINY, "OUTPUT_DIR", str(tmp_path / "out"), *map(str, opts)]
-        self.log_path = tmp_path / f"train_net{'_resumed' if resume else ''}.log"
+        cmd += [*TINY, "OUTPUT_DIR", str(tmp_path / out), *map(str, opts)]
+        self.log_path = tmp_path / f"train_net_{out}{'_resumed' if resume else ''}.log"
+        env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path), "KILL_AFTER_ITERATION": str(kill_after)}
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path)},
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait(self, timeout=300):
         self.proc.wait(timeout=timeout)
@@ -75,6 +100,37 @@ def test_sigkill_after_first_checkpoint_then_resume_finishes(tmp_path):
     assert returncode == 0, log[-3000:]
     assert f"Starting training from iteration {start}" in log
     assert (out / "model_final.pth").exists() and (out / "last_checkpoint").read_text() == "model_final.pth"
+
+
+# Momentum SGD, a warmup across the kill, 2 of the 4 images per step (the stream position matters), random
+# proposal sampling (the generators matter); no flip (its randomness would be in the data loader), no evaluation.
+EXACT = ["SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 2, "SOLVER.WARMUP_ITERS", 4, "INPUT.RANDOM_FLIP", "none",
+         "DATASETS.TEST", "()", "SEED", 5]
+
+
+def test_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    shapes_root(tmp_path)
+    returncode, log = TrainNet(tmp_path, *EXACT, out="uninterrupted").wait()
+    assert returncode == 0, log[-3000:]
+    returncode, log = TrainNet(tmp_path, *EXACT, out="killed", kill_after=3).wait()
+    assert returncode == -signal.SIGKILL, log[-3000:]
+    assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert not (tmp_path / "killed" / "model_final.pth").exists()
+    returncode, log = TrainNet(tmp_path, *EXACT, out="killed", resume=True).wait()
+    assert returncode == 0 and "Starting training from iteration 4" in log, log[-3000:]
+    assert "will not equal an uninterrupted run" not in log and "restarts" not in log
+
+    load = lambda path: torch.load(path, map_location="cpu", weights_only=True)  # noqa: E731
+    expected, resumed = (load(tmp_path / out / "model_final.pth") for out in ("uninterrupted", "killed"))
+    at_kill = load(tmp_path / "killed" / "model_0000003.pth")["model"]
+    assert expected["iteration"] == resumed["iteration"] == 5
+    assert expected["model"].keys() == resumed["model"].keys()
+    assert [k for k, v in expected["model"].items() if not torch.equal(v, resumed["model"][k])] == []
+    assert any(not torch.equal(v, at_kill[k]) for k, v in expected["model"].items())  # it trained after the kill
+    for key in ("optimizer", "grad_scaler"):  # the trainer states too
+        assert (key in expected["trainer"]["_trainer"]) == (key in resumed["trainer"]["_trainer"])
+    torch.testing.assert_close(resumed["trainer"]["_trainer"]["optimizer"], expected["trainer"]["_trainer"]["optimizer"],
+                               rtol=0, atol=0)
 
 
 def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):
@@ -141,6 +197,44 @@ def test_dataset_without_usable_boxes_is_a_clear_error(tmp_path):
     name = register_bad_dataset(tmp_path, "all_bad_train", corrupt_images=0, box_edits=[[0, 0, 0, 0]] * 100)
     with pytest.raises(InvalidDatasetError, match="all_bad_train.*no"):
         Trainer(tiny_train_cfg(tmp_path, name))
+
+
+def test_a_checkpoint_of_detectron2_0_6s_trainer_resumes_with_a_warning_saying_what_is_lost(tmp_path, caplog):
+    name = register_bad_dataset(tmp_path, "v06_checkpoint_train", corrupt_images=0)
+    trainer = Trainer(tiny_train_cfg(tmp_path, name, iters=2))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    path = tmp_path / "out" / "model_final.pth"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    # What detectron2 0.6's DefaultTrainer saves as the trainer state: no "_trainer", only its own hooks.
+    checkpoint["trainer"] = {"iteration": 1, "hooks": {"LRScheduler": checkpoint["trainer"]["hooks"]["LRScheduler"]}}
+    torch.save(checkpoint, path)
+
+    resumed = Trainer(tiny_train_cfg(tmp_path, name, iters=3))
+    with caplog.at_level(logging.WARNING, logger="ge_detectron"):
+        resumed.resume_or_load(resume=True)
+    text = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("ge_detectron"))
+    assert "holds no optimizer state (SGD momentum restarts from zero) and no data stream position" in text
+    assert "resumes at iteration 2" in text and "run without --resume, with MODEL.WEIGHTS" in text
+    assert resumed.start_iter == 2
+    resumed.train()
+    assert resumed.iter == 3
+
+
+def test_temporary_files_left_by_a_kill_while_saving_are_removed_on_the_next_start(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(ended.stdout)  # a process that has exited
+    stale = [f"last_checkpoint.tmp{dead}", f"model_0000001.pth.tmp{dead}", f"model_final.pth.tmp{dead}"]
+    kept = [f"model_0000002.pth.tmp{os.getpid()}",  # a running process is writing it
+            f"notes.txt.tmp{dead}", "model_0000001.pth", "last_checkpoint"]  # not a checkpoint's temporary file
+    for name in stale + kept:
+        (out / name).write_bytes(b"partial")
+    name = register_bad_dataset(tmp_path, "tmp_files_train", corrupt_images=0)
+    Trainer(tiny_train_cfg(tmp_path, name)).resume_or_load(resume=False)
+    left = set(os.listdir(out))
+    assert not left & set(stale) and set(kept) <= left
 
 
 def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(tmp_path):

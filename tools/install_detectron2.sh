@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Install detectron2 0.6 into the environment of $PYTHON, unless one is importable there already
-# (for example a source build with its C++/CUDA extension, which is always preferred).
+# Install detectron2 into the environment of $PYTHON.
 #
+# DETECTRON2_SRC set (a pip requirement: a source path, an sdist, or a git URL such as
+# git+https://github.com/facebookresearch/detectron2.git): build detectron2 from it, with its C++ ops
+# (and CUDA ones where a toolkit is found), against the torch installed there (--no-build-isolation).
+#
+# Otherwise detectron2 0.6, unless one is importable there already (for example a source build with
+# its C++/CUDA extension, which is always preferred).
 # Official detectron2 is not on PyPI. The PyPI sdist `pb1-detectron2==0.6` carries upstream v0.6's
 # Python sources unchanged but cannot build its C++ extension (csrc is missing), so we build a pure
 # Python wheel from it: no ext_modules, and the model-zoo configs packaged by glob.
@@ -9,6 +14,12 @@
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;; esac
+
+if [ -n "${DETECTRON2_SRC:-}" ]; then
+  "$PYTHON" -m pip install --no-build-isolation "$DETECTRON2_SRC"
+  "$PYTHON" -c "import detectron2; print('installed detectron2', detectron2.__version__, 'from', '$DETECTRON2_SRC')"
+  exit 0
+fi
 
 if "$PYTHON" -c "import detectron2" 2>/dev/null; then
   echo "detectron2 already importable: $("$PYTHON" -c 'import detectron2, os; print(detectron2.__version__, os.path.dirname(detectron2.__file__))')"

@@ -16,7 +16,7 @@ import random
 
 import torch
 from detectron2.data.build import worker_init_reset_seed
-from detectron2.data.samplers import InferenceSampler, TrainingSampler
+from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
 from torch.utils.data import default_collate
 from torchvision import datasets, transforms
@@ -25,6 +25,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from .sanitize import UNREADABLE_IMAGE_ERRORS
 from . import shape_classes
 from .datasets import DatasetMissingError, InvalidDatasetError, NumClassesMismatchError, datasets_root
+from .resumable import ResumableLoader, ResumableTrainingSampler
 
 # Size of the generated demo set (PRETRAIN.GENERATE_DEMO_DATA): images per class, image side.
 DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, DEMO_IMAGE_SIZE = 200, 50, 64
@@ -157,17 +158,18 @@ def collate_readable(batch, image_shape):
 
 def build_classification_train_loader(cfg):
     """Infinite loader over PRETRAIN.TRAIN_DIR, SOLVER.IMS_PER_BATCH images per step over all processes;
-    each process reads its own shard of a shuffled stream (detectron2's TrainingSampler)."""
+    each process reads its own shard of a shuffled stream (detectron2's TrainingSampler), which a
+    checkpoint resumes (ResumableLoader)."""
     dataset = ReadableImageFolder(cfg, "TRAIN_DIR", build_train_transform(cfg), replace=True)
     batch = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()  # divisibility: ge_detectron.launch.check_launch_args
-    sampler = TrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
-    return torch.utils.data.DataLoader(
+    sampler = ResumableTrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
+    return ResumableLoader(torch.utils.data.DataLoader(
         dataset,
         batch_sampler=torch.utils.data.BatchSampler(sampler, batch, drop_last=True),
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         worker_init_fn=worker_init_reset_seed,
         pin_memory=cfg.MODEL.DEVICE.startswith("cuda"),
-    )
+    ), sampler)
 
 
 def build_classification_test_loader(cfg):

@@ -4,12 +4,13 @@ import logging
 import math
 import traceback
 
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.structures import BoxMode
 from PIL import Image
 
 from .datasets import InvalidDatasetError
+from .resumable import build_resumable_train_loader
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class SkipUnreadableImages:
 
 def build_sanitized_train_loader(*args, mapper, **kwargs):
     """detectron2's ``build_detection_train_loader`` (same arguments: a cfg, or plain ones as in a
-    LazyConfig's ``dataloader.train``) whose mapper skips unreadable images (``SkipUnreadableImages``).
-    Give it the records of ``load_detection_dataset_dicts``, which drops unusable boxes."""
-    return build_detection_train_loader(*args, mapper=SkipUnreadableImages(mapper), **kwargs)
+    LazyConfig's ``dataloader.train``) whose mapper skips unreadable images (``SkipUnreadableImages``) and
+    whose stream a checkpoint resumes (``build_resumable_train_loader``). Give it the records of
+    ``load_detection_dataset_dicts``, which drops unusable boxes."""
+    return build_resumable_train_loader(*args, mapper=SkipUnreadableImages(mapper), **kwargs)

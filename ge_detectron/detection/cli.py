@@ -17,6 +17,7 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from .. import compat
 from ..checkpoint import GECheckpointer
 from ..config import detector_num_classes, get_ge_cfg
 from ..data import DatasetError, check_num_classes, prepare_datasets, register_coco_dataset
@@ -80,6 +81,7 @@ def lazyconfig_train_net_main(args):
     cfg = setup_lazy(args)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="ge_detectron")
+    compat.log_applied()
     if args.eval_only:
         model = instantiate(cfg.model).to(cfg.train.device)
         GECheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint,

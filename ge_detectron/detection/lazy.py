@@ -6,8 +6,9 @@ A LazyConfig has detectron2's top-level keys (configs/common in detectron2's mod
 (``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp``, ``ddp``, ``checkpointer``, ``eval_period``,
 ``log_period``, ``device``, optionally ``seed``). The loop is detectron2's (``SimpleTrainer`` or
 ``AMPTrainer`` and its hooks, as upstream's tools/lazyconfig_train_net.py builds it) with the fault
-handling of the YAML tool: GECheckpointer's atomic checkpoints, the non-finite stop (ge_detectron.engine)
-and, through the configs' ``dataloader.train``, the bad-data handling of ge_detectron.data.sanitize.
+handling of the YAML tool: GECheckpointer's atomic checkpoints, exact resume (ExactResumeState), the
+non-finite stop (ge_detectron.engine) and, through the configs' ``dataloader.train``, the bad-data
+handling and resumable data stream of ge_detectron.data.sanitize.
 """
 import inspect
 import logging
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 
 from ..checkpoint import GECheckpointer
 from ..config import GEConfigError
-from ..engine import with_fault_hooks
+from ..engine import ExactResumeState, with_fault_hooks
 
 __all__ = ["load_lazy_config", "lazy_dataset_names", "lazy_num_classes", "check_lazy_model", "LazyTrainer",
            "lazy_test"]
@@ -113,9 +114,10 @@ def check_lazy_model(cfg):
 
 class LazyTrainer:
     """detectron2's training loop for a LazyConfig, with DDP on the CPU too, AMP (and fp16 gradient
-    compression) on CUDA only, GECheckpointer, and CheckFiniteState before each checkpoint. The same
-    interface as DefaultTrainer where the tool needs it: ``resume_or_load``, ``train``, ``iter``,
-    ``model``, ``checkpointer``, ``storage``."""
+    compression) on CUDA only, GECheckpointer, ExactResumeState (checkpoints hold SimpleTrainer's state:
+    iteration, hooks, optimizer, AMP grad scaler, on detectron2 0.6 and main), and CheckFiniteState before
+    each checkpoint. The same interface as DefaultTrainer where the tool needs it: ``resume_or_load``,
+    ``train``, ``iter``, ``model``, ``checkpointer``, ``storage``."""
 
     def __init__(self, cfg):
         self.cfg, train = cfg, cfg.train
@@ -135,9 +137,11 @@ class LazyTrainer:
         self._trainer = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
         self.checkpointer = GECheckpointer(model, train.output_dir, trainer=weakref.proxy(self._trainer))
         main = comm.is_main_process()
+        self.exact_resume = ExactResumeState(data_loader, cfg.dataloader.train.total_batch_size, train.checkpointer.period)
         self._trainer.register_hooks(with_fault_hooks([
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            self.exact_resume,  # on every process, before the checkpointer and the evaluation
             *([hooks.PeriodicCheckpointer(self.checkpointer, **train.checkpointer)] if main else []),
             hooks.EvalHook(train.eval_period, lambda: lazy_test(cfg, model)),
             *([hooks.PeriodicWriter(default_writers(train.output_dir, train.max_iter), period=train.log_period)]
@@ -159,9 +163,18 @@ class LazyTrainer:
 
     def resume_or_load(self, resume=True):
         """Resume from ``train.output_dir``'s last checkpoint if ``resume`` and there is one, else load
-        ``train.init_checkpoint`` (if set) and start at iteration 0."""
+        ``train.init_checkpoint`` (if set) and start at iteration 0. Temporary files that a process killed
+        while saving left in ``train.output_dir`` are removed first."""
+        if comm.is_main_process():
+            self.checkpointer.remove_stale_temporary_files()
+        resuming = resume and self.checkpointer.has_checkpoint()
         self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
-        self.start_iter = self._trainer.iter + 1 if resume and self.checkpointer.has_checkpoint() else 0
+        self.start_iter = self._trainer.iter + 1 if resuming else 0
+        if resuming and not self.exact_resume.restored:
+            logger.warning(f"!!! The checkpoint holds no data stream position and no random generator states (it was "
+                           f"written without ge_detectron's ExactResumeState): training resumes at iteration "
+                           f"{self.start_iter} with its weights, optimizer and LR schedule, but the data stream "
+                           "restarts and the run will not equal an uninterrupted one. !!!")
 
     def train(self):
         self._trainer.train(self.start_iter, self.max_iter)

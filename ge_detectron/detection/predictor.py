@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
-from ..checkpoint import GECheckpointer
+from ..checkpoint import load_weights
 from ..config import detector_num_classes
 from ..data import check_num_classes, dataset_categories
 from ..data.sanitize import UNREADABLE_IMAGE_ERRORS
@@ -67,14 +67,6 @@ def read_input(path, image_format):
         raise PredictError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
 
 
-class _RecordingCheckpointer(GECheckpointer):
-    """GECheckpointer that keeps what loading did not match (``incompatible``)."""
-
-    def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
-
-
 def load_trained_weights(model, weights, config_file):
     """Load ``weights`` into ``model``. Raise PredictError if the file is missing or unreadable, or if it does
     not hold exactly the model's parameters and buffers with the model's shapes (e.g. weights of another
@@ -84,17 +76,15 @@ def load_trained_weights(model, weights, config_file):
         raise PredictError(f"no weights given for {config_file!r}.")
     if "://" not in weights and not os.path.isfile(weights):
         raise PredictError(f"weights file not found: {weights!r}.")
-    checkpointer = _RecordingCheckpointer(model)
     loader_log = logging.getLogger("fvcore.common.checkpoint")  # its per-tensor mismatch warnings: said below
     level = loader_log.level
     loader_log.setLevel(logging.ERROR)
     try:
-        checkpointer.load(weights, checkpointables=[])
+        incompatible = load_weights(model, weights)
     except Exception as e:  # a truncated, foreign or unreachable file: say which
         raise PredictError(f"cannot load weights {weights!r}: {type(e).__name__}: {e}") from None
     finally:
         loader_log.setLevel(level)
-    incompatible = checkpointer.incompatible
     shapes = {key: (tuple(ckpt), tuple(mine)) for key, ckpt, mine in incompatible.incorrect_shapes}
     missing = [k for k in incompatible.missing_keys if k not in shapes]
     if shapes or missing or incompatible.unexpected_keys:

@@ -51,8 +51,8 @@ def detector_stats(cfg, height=800, width=1333):
     deltas = model.proposal_generator.rpn_head.anchor_deltas
     torch.nn.init.zeros_(deltas.weight)
     torch.nn.init.zeros_(deltas.bias)
-    # What detectron2.utils.analysis.FlopCountAnalysis does; that module does not import where
-    # detectron2.export is the bare package of ge_detectron.compat.
+    # detectron2.utils.analysis.FlopCountAnalysis traces the same way but also stops counting norms,
+    # which the classifier counts (fvcore's defaults); the same counting rules for both here.
     adapter = TracingAdapter(model, [{"image": torch.zeros(3, height, width)}], allow_non_tensor=True)
     with torch.no_grad():
         flops = _quiet(FlopCountAnalysis(adapter, adapter.flattened_inputs)).total()

@@ -11,7 +11,7 @@ import re
 import torch
 from detectron2.modeling import build_model
 
-from ..checkpoint import GECheckpointer
+from ..checkpoint import load_weights
 
 # What a detection config must set to use torchvision weights (configs/faster_rcnn_ge_r50_torchvision.yaml):
 # torchvision puts the stride of a bottleneck's first block in its 3x3 conv and normalises RGB input in
@@ -90,5 +90,4 @@ def load_into_detector(cfg, weights):
     """Build ``cfg``'s detector and load ``weights`` as MODEL.WEIGHTS would; return (model, incompatible),
     where incompatible has ``missing_keys``, ``unexpected_keys`` and ``incorrect_shapes``."""
     model = build_model(cfg)
-    checkpointer = GECheckpointer(model)
-    return model, checkpointer._load_model(checkpointer._load_file(weights))
+    return model, load_weights(model, weights)
