@@ -49,14 +49,17 @@ TINY_C4 = [*(f"model.backbone.{o}" for o in NARROW_BOTTOM_UP), "model.proposal_g
            "model.roi_heads.pooler.output_size=7",
            "model.proposal_generator.post_nms_topk=[200,50]",
            "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
-           "dataloader.train.mapper.augmentations.0.max_size=64"]
+           "dataloader.train.mapper.augmentations.0.max_size=64",
+           # no batch statistics over the 1x1 maps the E8 gathers end in at 64 px (see test_robustness.TINY)
+           "model.backbone.stages.ge_norm=FrozenBN", "model.roi_heads.res5.ge_norm=FrozenBN"]
 # the LSJ Mask R-CNN: 64 px jitter and crop (its ShapeSpecs are narrowed in Python, below)
 TINY_LSJ = [*(f"model.backbone.bottom_up.{o}" for o in NARROW_BOTTOM_UP), "model.backbone.out_channels=32",
             "model.proposal_generator.head.in_channels=32", "model.roi_heads.batch_size_per_image=64",
             "model.proposal_generator.post_nms_topk=[200,50]",
             "dataloader.train.mapper.augmentations.0.target_height=64",
             "dataloader.train.mapper.augmentations.0.target_width=64",
-            "dataloader.train.mapper.augmentations.1.crop_size=[64,64]"]
+            "dataloader.train.mapper.augmentations.1.crop_size=[64,64]",
+            "model.backbone.bottom_up.stages.ge_norm=FrozenBN"]  # as in TINY_C4
 
 
 def narrow_fpn_heads(cfg):

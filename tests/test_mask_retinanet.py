@@ -44,10 +44,11 @@ def train(cfg):
 
 
 def test_mask_rcnn_learns_masks_and_is_evaluated_for_box_and_mask_ap(tiny_shapes, tmp_path):
-    # GN in the gathers: their BN would see maps of 1x1 in a batch of 2 images, which makes short runs diverge
+    # BASE_LR 0.01: at 0.02 seed 2 diverged (the narrow ResNet's BN over batches of 2 images of 64 px); at
+    # 0.01 seeds 0-5 all trained, the mask loss of the last 5 iterations 0.79x to 0.87x the first 5's
     cfg = get_ge_cfg(MASK_DEMO, TINY + [
-        "MODEL.ROI_MASK_HEAD.CONV_DIM", 32, "MODEL.GE.NORM", "GN", "DATASETS.TRAIN", (tiny_shapes["train"],),
-        "DATASETS.TEST", (tiny_shapes["val"],), "SOLVER.MAX_ITER", 30, "SOLVER.BASE_LR", 0.02, "SOLVER.WARMUP_ITERS", 5,
+        "MODEL.ROI_MASK_HEAD.CONV_DIM", 32, "DATASETS.TRAIN", (tiny_shapes["train"],),
+        "DATASETS.TEST", (tiny_shapes["val"],), "SOLVER.MAX_ITER", 30, "SOLVER.BASE_LR", 0.01, "SOLVER.WARMUP_ITERS", 5,
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "SEED", 0, "OUTPUT_DIR", str(tmp_path)])
     trainer = train(cfg)
     assert {m.variant for m in trainer.model.modules() if isinstance(m, GatherExcite)} == {"theta"}
