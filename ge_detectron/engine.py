@@ -2,10 +2,8 @@
 CPU and GPU, AMP on CUDA only, GECheckpointer), checkpoints that resume exactly (optimizer, LR
 scheduler, AMP grad scaler, data stream position and random generators, on detectron2 0.6 and main
 alike; ``ExactResumeState``, also in the LazyConfig trainer), a clear stop on a non-finite loss or
-non-finite model state (no checkpoint of that is written), and an optional per-rank dump of the final
-model state (``GE_DUMP_RANK_STATE``)."""
+non-finite model state (no checkpoint of that is written)."""
 import logging
-import os
 import random
 import weakref
 
@@ -22,16 +20,14 @@ from .data.resumable import ResumableLoader
 
 logger = logging.getLogger(__name__)
 
-# A directory: every process saves its model's final parameters and buffers there after training, as
-# rank{RANK}.pth, to check that data-parallel processes ended with the same weights (tests/test_distributed.py).
-DUMP_RANK_STATE_ENV = "GE_DUMP_RANK_STATE"
-
-
 class GETrainer(DefaultTrainer):
     """DefaultTrainer with DefaultTrainer's constructor replaced: detectron2's gives the model to
     DistributedDataParallel with ``device_ids=[local rank]``, an error for a CPU model (CPU runs go
     through torchrun + gloo), uses AMPTrainer, which requires CUDA, whenever SOLVER.AMP.ENABLED is
-    set, and checkpoints with a plain DetectionCheckpointer instead of GECheckpointer."""
+    set, and checkpoints with a plain DetectionCheckpointer instead of GECheckpointer. No ``build_*``
+    hook reaches those three (the DDP wrapping, the inner trainer's class, the checkpointer), and each is
+    used inside the constructor, so it is restated with them changed; the models, optimizer, data and LR
+    scheduler still come from the ``build_*`` hooks, and the hooks from ``build_hooks``."""
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
@@ -87,15 +83,12 @@ class GETrainer(DefaultTrainer):
 
 
 def with_fault_hooks(hook_list):
-    """``hook_list`` with CheckFiniteState just before its PeriodicCheckpointer (main process only) and,
-    when GE_DUMP_RANK_STATE is set, DumpRankState at the end."""
+    """``hook_list`` with CheckFiniteState just before its PeriodicCheckpointer (main process only)."""
     ret = list(hook_list)
     for i, hook in enumerate(ret):
         if isinstance(hook, hooks.PeriodicCheckpointer):
             ret.insert(i, CheckFiniteState(hook))
             break
-    if os.environ.get(DUMP_RANK_STATE_ENV):
-        ret.append(DumpRankState(os.environ[DUMP_RANK_STATE_ENV]))
     return ret
 
 
@@ -199,23 +192,6 @@ class CheckFiniteState(HookBase):
         if bad:
             raise NonFiniteState(f"{len(bad)} parameters or buffers became infinite or NaN at iteration={iteration}, "
                                  f"e.g. {', '.join(bad[:3])}; no checkpoint was written for it.")
-
-
-class DumpRankState(HookBase):
-    """After training, save ``{"iteration", "parameters", "buffers"}`` of this process's model (unwrapped
-    from DDP, on the CPU) to ``directory/rank{rank}.pth``."""
-
-    def __init__(self, directory):
-        self.directory = directory
-
-    def after_train(self):
-        model = self.trainer.model
-        model = getattr(model, "module", model)
-        state = {"iteration": self.trainer.iter,
-                 "parameters": {k: v.detach().cpu() for k, v in model.named_parameters()},
-                 "buffers": {k: v.detach().cpu() for k, v in model.named_buffers()}}
-        os.makedirs(self.directory, exist_ok=True)
-        torch.save(state, os.path.join(self.directory, f"rank{comm.get_rank()}.pth"))
 
 
 def train_or_exit(trainer):

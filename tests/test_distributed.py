@@ -3,7 +3,7 @@ for 2 iterations. The processes must end with identical parameters (DDP averages
 their different batches), and only rank 0 writes checkpoints, metrics and events; detectron2's
 loggers give rank 1 its own log file, ``log.txt.rank1``, and nothing else.
 
-Each process saves its final model state through GE_DUMP_RANK_STATE (ge_detectron/engine.py)."""
+Each process saves its final model state through a hook the test adds (run_tool_saving_rank_states.py)."""
 import json
 import os
 import socket
@@ -37,9 +37,9 @@ def torchrun(tool, opts, tmp_path, env=None, run_opts=None):
     tool's override syntax (default: YAML's)."""
     run_opts = run_opts or ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path / "out")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), f"tools/{tool}", *opts, *run_opts]
+           "--master_port", str(free_port()), "tests/run_tool_saving_rank_states.py", f"tools/{tool}", *opts, *run_opts]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "GE_DUMP_RANK_STATE": str(tmp_path / "ranks"), **(env or {})}
+           "RANK_STATE_DIR": str(tmp_path / "ranks"), **(env or {})}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return tmp_path / "out"
