@@ -108,6 +108,19 @@ EXACT = ["SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 2, "SOLVER.WARMUP_ITE
          "DATASETS.TEST", "()", "SEED", 5]
 
 
+def check_resumed_weights_equal_uninterrupted(tmp_path):
+    """The final checkpoints of runs in tmp_path/uninterrupted and tmp_path/killed (killed after iteration 3,
+    resumed, 5 iterations in all) hold bit-identical weights, which differ from those at the kill; returns both."""
+    load = lambda path: torch.load(path, map_location="cpu", weights_only=True)  # noqa: E731
+    expected, resumed = (load(tmp_path / out / "model_final.pth") for out in ("uninterrupted", "killed"))
+    at_kill = load(tmp_path / "killed" / "model_0000003.pth")["model"]
+    assert expected["iteration"] == resumed["iteration"] == 5
+    assert expected["model"].keys() == resumed["model"].keys()
+    assert [k for k, v in expected["model"].items() if not torch.equal(v, resumed["model"][k])] == []
+    assert any(not torch.equal(v, at_kill[k]) for k, v in expected["model"].items())  # it trained after the kill
+    return expected, resumed
+
+
 def test_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
     shapes_root(tmp_path)
     returncode, log = TrainNet(tmp_path, *EXACT, out="uninterrupted").wait()
@@ -120,13 +133,7 @@ def test_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to_an_u
     assert returncode == 0 and "Starting training from iteration 4" in log, log[-3000:]
     assert "will not equal an uninterrupted run" not in log and "restarts" not in log
 
-    load = lambda path: torch.load(path, map_location="cpu", weights_only=True)  # noqa: E731
-    expected, resumed = (load(tmp_path / out / "model_final.pth") for out in ("uninterrupted", "killed"))
-    at_kill = load(tmp_path / "killed" / "model_0000003.pth")["model"]
-    assert expected["iteration"] == resumed["iteration"] == 5
-    assert expected["model"].keys() == resumed["model"].keys()
-    assert [k for k, v in expected["model"].items() if not torch.equal(v, resumed["model"][k])] == []
-    assert any(not torch.equal(v, at_kill[k]) for k, v in expected["model"].items())  # it trained after the kill
+    expected, resumed = check_resumed_weights_equal_uninterrupted(tmp_path)
     for key in ("optimizer", "grad_scaler"):  # the trainer states too
         assert (key in expected["trainer"]["_trainer"]) == (key in resumed["trainer"]["_trainer"])
     torch.testing.assert_close(resumed["trainer"]["_trainer"]["optimizer"], expected["trainer"]["_trainer"]["optimizer"],
