@@ -25,8 +25,8 @@ from torch import nn
 from .. import ops
 from .gathers import AverageGather, DepthwiseGather
 
-__all__ = ["GatherExcite", "build_gather_excite", "uses_fused_op", "excite_reference", "excite_residual_reference", "GE_VARIANTS",
-           "FUSED_MODES", "extent_error"]
+__all__ = ["GatherExcite", "build_gather_excite", "uses_fused_op", "check_fused", "excite_reference",
+           "excite_residual_reference", "GE_VARIANTS", "FUSED_MODES", "extent_error"]
 
 GE_VARIANTS = ("theta_minus", "theta", "theta_plus", "se")
 FUSED_MODES = ("auto", "on", "off")
