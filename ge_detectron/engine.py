@@ -63,23 +63,31 @@ class GETrainer(DefaultTrainer):
 
     def load_state_dict(self, state_dict):
         TrainerBase.load_state_dict(self, state_dict)
-        missing = []
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
-        else:
-            missing.append("optimizer state (SGD momentum restarts from zero)")
-        if ExactResumeState.__qualname__ not in state_dict.get("hooks", {}):
-            missing.append("data stream position and random generator states (the data stream restarts)")
-        if missing:
-            logger.warning(f"!!! The checkpoint (written by detectron2 0.6's trainer or without ge_detectron) holds no "
-                           f"{' and no '.join(missing)}: training resumes at iteration {self.iter + 1} with its weights "
-                           "and LR schedule but will not equal an uninterrupted run. To start over instead, run "
-                           "without --resume, with MODEL.WEIGHTS set to the checkpoint to keep its weights. !!!")
+        warn_if_resume_is_inexact(self.iter + 1, optimizer_restored="_trainer" in state_dict,
+                                  stream_restored=ExactResumeState.__qualname__ in state_dict.get("hooks", {}),
+                                  weights_option="MODEL.WEIGHTS")
 
     def resume_or_load(self, resume=True):
         if comm.is_main_process():
             self.checkpointer.remove_stale_temporary_files()
         super().resume_or_load(resume=resume)
+
+
+def warn_if_resume_is_inexact(start_iter, optimizer_restored, stream_restored, weights_option):
+    """Warn, when a checkpoint lacks part of the training state (one written by detectron2 0.6's
+    DefaultTrainer holds no optimizer state; one written without ge_detectron no data stream position),
+    that the resumed run will not equal an uninterrupted one, what restarts, and how to start over with
+    the checkpoint's weights instead (``weights_option``: MODEL.WEIGHTS, train.init_checkpoint)."""
+    missing = ([] if optimizer_restored else ["optimizer state (SGD momentum restarts from zero)"]) + (
+        [] if stream_restored else ["data stream position and random generator states (the data stream restarts)"])
+    if missing:
+        kept = "weights, optimizer and LR schedule" if optimizer_restored else "weights and LR schedule"
+        logger.warning(f"!!! The checkpoint (written by detectron2's own trainer or without ge_detectron) holds no "
+                       f"{' and no '.join(missing)}: training resumes at iteration {start_iter} with its {kept} "
+                       "but will not equal an uninterrupted run. To start over instead, run without --resume, "
+                       f"with {weights_option} set to the checkpoint to keep its weights. !!!")
 
 
 def with_fault_hooks(hook_list):

@@ -2,6 +2,7 @@
 the detector of faster_rcnn_ge_r50.yaml; tools/lazyconfig_train_net.py's flow trains, evaluates, resumes,
 stops on a non-finite loss, and fails before training with one-line errors."""
 import glob
+import logging
 import os
 import signal
 import subprocess
@@ -225,6 +226,30 @@ def test_lazy_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to
 
     expected, resumed = check_resumed_weights_equal_uninterrupted(tmp_path)
     torch.testing.assert_close(resumed["trainer"]["optimizer"], expected["trainer"]["optimizer"], rtol=0, atol=0)
+
+
+def test_a_lazy_checkpoint_without_exact_resume_state_resumes_with_a_warning_saying_what_is_lost(
+        tiny_shapes, tmp_path, caplog):
+    trainer = LazyTrainer(tiny_lazy_cfg(PAPER, tiny_shapes, tmp_path, ["train.max_iter=2"]))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    path = tmp_path / "model_final.pth"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    # what detectron2's own tools/lazyconfig_train_net.py saves: SimpleTrainer's state (the optimizer's among it)
+    assert "optimizer" in checkpoint["trainer"]
+    del checkpoint["trainer"]["hooks"]["ExactResumeState"]
+    torch.save(checkpoint, path)
+
+    resumed = LazyTrainer(tiny_lazy_cfg(PAPER, tiny_shapes, tmp_path, ["train.max_iter=3"]))
+    with caplog.at_level(logging.WARNING, logger="ge_detectron"):
+        resumed.resume_or_load(resume=True)
+    text = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("ge_detectron"))
+    assert "holds no data stream position and random generator states (the data stream restarts)" in text
+    assert "optimizer state" not in text and "resumes at iteration 2 with its weights, optimizer and LR schedule" in text
+    assert "run without --resume, with train.init_checkpoint set to the checkpoint" in text
+    assert resumed.start_iter == 2
+    resumed.train()
+    assert resumed.iter == 3
 
 
 def test_lazy_tool_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tiny_shapes, tmp_path):

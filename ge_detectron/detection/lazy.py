@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from ..checkpoint import GECheckpointer
 from ..config import GEConfigError
-from ..engine import ExactResumeState, with_fault_hooks
+from ..engine import ExactResumeState, warn_if_resume_is_inexact, with_fault_hooks
 
 __all__ = ["load_lazy_config", "lazy_dataset_names", "lazy_num_classes", "check_lazy_model", "LazyTrainer",
            "lazy_test"]
@@ -170,11 +170,10 @@ class LazyTrainer:
         resuming = resume and self.checkpointer.has_checkpoint()
         self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
         self.start_iter = self._trainer.iter + 1 if resuming else 0
-        if resuming and not self.exact_resume.restored:
-            logger.warning(f"!!! The checkpoint holds no data stream position and no random generator states (it was "
-                           f"written without ge_detectron's ExactResumeState): training resumes at iteration "
-                           f"{self.start_iter} with its weights, optimizer and LR schedule, but the data stream "
-                           "restarts and the run will not equal an uninterrupted one. !!!")
+        if resuming:  # SimpleTrainer's state holds the optimizer on detectron2 0.6 and main alike
+            warn_if_resume_is_inexact(self.start_iter, optimizer_restored=True,
+                                      stream_restored=self.exact_resume.restored,
+                                      weights_option="train.init_checkpoint")
 
     def train(self):
         self._trainer.train(self.start_iter, self.max_iter)
