@@ -33,7 +33,8 @@ def abandoned_temporary_name(name):
 
 class AtomicFile:
     """``open(path, mode)`` for writing (a context manager) that replaces ``path`` only once the block
-    completed and the data is on disk; if the block raises, ``path`` stays as it was."""
+    completed and the data is on disk; if the block or the write raises, ``path`` stays as it was (an
+OSError, e.g. of a full disk, names ``path``)."""
 
     def __init__(self, path, mode="w"):
         self.path, self.tmp = path, temporary_path(path)
@@ -44,15 +45,20 @@ class AtomicFile:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-        finally:
-            self.file.close()
-        if exc_type is None:
+            try:
+                if exc_type is None:
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+            finally:
+                self.file.close()
+        except OSError as e:  # e.g. a full disk: the file is incomplete
+            exc = e
+        if exc is None:
             os.replace(self.tmp, self.path)
-        else:
-            os.remove(self.tmp)
+            return
+        os.remove(self.tmp)
+        if isinstance(exc, OSError):  # named after ``path``, the file that could not be written
+            raise OSError(exc.errno, exc.strerror, self.path) from None
 
 
 @contextmanager

@@ -126,14 +126,6 @@ def ge_classifier_args(cfg):
     return {"num_classes": cfg.MODEL.GE.NUM_CLASSES, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
 
 
-def detector_num_classes(cfg):
-    """``(key, value)`` of the detector's number of classes: ``MODEL.RETINANET.NUM_CLASSES`` for RetinaNet,
-    else ``MODEL.ROI_HEADS.NUM_CLASSES``."""
-    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
-        return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
-    return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
-
-
 def merge_cfg(cfg, config_file=None, opts=()):
     """Merge a YAML file and ``KEY VALUE`` overrides into ``cfg``; a bad file, key or value raises
     GEConfigError naming it."""

@@ -189,7 +189,7 @@ if "KILL_AFTER_ITERATION" in os.environ:
     init = LazyTrainer.__init__
     def init_with_kill(self, cfg):
         init(self, cfg)
-        self._trainer.register_hooks([SigkillAfter()])
+        self.register_hooks([SigkillAfter()])
     LazyTrainer.__init__ = init_with_kill
 run_lazyconfig_train_net(sys.argv[1:])
 """

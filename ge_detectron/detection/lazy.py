@@ -1,34 +1,30 @@
 """LazyConfigs (detectron2's Python configs) for GE detectors: loading with clear errors, the checks made
-before any training process starts, and the training loop of tools/lazyconfig_train_net.py.
+before any training process starts, and the config system of tools/lazyconfig_train_net.py.
 
 A LazyConfig has detectron2's top-level keys (configs/common in detectron2's model zoo): ``model``,
 ``dataloader`` (``train``, ``test``, ``evaluator``), ``optimizer``, ``lr_multiplier`` and ``train``
 (``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp``, ``ddp``, ``checkpointer``, ``eval_period``,
-``log_period``, ``device``, optionally ``seed``). The loop is detectron2's (``SimpleTrainer`` or
-``AMPTrainer`` and its hooks, as upstream's tools/lazyconfig_train_net.py builds it) with the fault
-handling of the YAML tool: GECheckpointer's atomic checkpoints, exact resume (ExactResumeState), the
-non-finite stop (ge_detectron.engine) and, through the configs' ``dataloader.train``, the bad-data
-handling and resumable data stream of ge_detectron.data.sanitize.
+``log_period``, ``device``, optionally ``seed``). ``LazyDetection`` reads them for ge_detectron.engine's
+trainer: the hooks of upstream's tools/lazyconfig_train_net.py with the fault handling of the YAML tool
+(GECheckpointer's atomic checkpoints, exact resume, the non-finite stop) and, through the configs'
+``dataloader.train``, the bad-data handling and resumable data stream of ge_detectron.data.sanitize.
 """
 import inspect
 import logging
 import os
-import weakref
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
-from ..checkpoint import GECheckpointer
 from ..config import GEConfigError
-from ..engine import ExactResumeState, warn_if_resume_is_inexact, with_fault_hooks
+from ..engine import ConfigSystem, GETrainer
+from .trainer import DetectionData
 
-__all__ = ["load_lazy_config", "lazy_dataset_names", "lazy_num_classes", "check_lazy_model", "LazyTrainer",
-           "lazy_test"]
+__all__ = ["load_lazy_config", "check_lazy_model", "LazyDetection", "LazyTrainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,21 +83,6 @@ def _names(node):
     return [names] if isinstance(names, str) else list(names)
 
 
-def lazy_dataset_names(cfg):
-    """The dataset names of ``dataloader.train`` and ``dataloader.test`` (``dataset.names``)."""
-    return _names(cfg.dataloader.get("train")), _names(cfg.dataloader.get("test"))
-
-
-def lazy_num_classes(cfg):
-    """``(key, value)`` of the detector's number of classes (``model.roi_heads.num_classes`` of an R-CNN,
-    ``model.num_classes`` of RetinaNet), or None for a model without one."""
-    for key in ("model.roi_heads.num_classes", "model.num_classes"):
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, int):
-            return key, value
-    return None
-
-
 def check_lazy_model(cfg):
     """Instantiate ``cfg.model`` on the meta device (no memory, no weights) so that a bad argument (a GE
     module's ``extent=6``, a misspelt keyword) is a GEConfigError before any training process starts."""
@@ -112,78 +93,83 @@ def check_lazy_model(cfg):
         raise GEConfigError(f"cannot build the model: {type(e).__name__}: {e}") from None
 
 
-class LazyTrainer:
-    """detectron2's training loop for a LazyConfig, with DDP on the CPU too, AMP (and fp16 gradient
-    compression) on CUDA only, GECheckpointer, ExactResumeState (checkpoints hold SimpleTrainer's state:
-    iteration, hooks, optimizer, AMP grad scaler, on detectron2 0.6 and main), and CheckFiniteState before
-    each checkpoint. The same interface as DefaultTrainer where the tool needs it: ``resume_or_load``,
-    ``train``, ``iter``, ``model``, ``checkpointer``, ``storage``."""
+class LazyDetection(DetectionData, ConfigSystem):
+    """A LazyConfig's keys as the trainer and the flow read them (detectron2's tools/lazyconfig_train_net.py
+    reads the same ones); checkpoints hold SimpleTrainer's state (iteration, hooks, optimizer, AMP grad
+    scaler), as that tool's do."""
 
-    def __init__(self, cfg):
-        self.cfg, train = cfg, cfg.train
-        on_cuda = str(train.device).startswith("cuda")
-        model = instantiate(cfg.model).to(train.device)
+    TOOL = "lazyconfig_train_net.py"
+    DEVICE, BATCH, WEIGHTS = "train.device", "dataloader.train.total_batch_size", "train.init_checkpoint"
+    LR_ADVICE = "Lower optimizer.lr or raise lr_multiplier.warmup_length"
+    OVERRIDE = "{key}={value}"
+    TRAINER_STATE = "SimpleTrainer"
+    load = staticmethod(load_lazy_config)
+
+    device = property(lambda self: self.cfg.train.device)
+    output_dir = property(lambda self: self.cfg.train.output_dir)
+    weights = property(lambda self: self.cfg.train.init_checkpoint)
+    max_iter = property(lambda self: self.cfg.train.max_iter)
+    total_batch_size = property(lambda self: self.cfg.dataloader.train.total_batch_size)
+    amp = property(lambda self: OmegaConf.select(self.cfg.train, "amp.enabled", default=False))
+    eval_period = property(lambda self: self.cfg.train.eval_period)
+    log_period = property(lambda self: self.cfg.train.log_period)
+    checkpointer_options = property(lambda self: dict(self.cfg.train.checkpointer))
+    ddp_options = property(lambda self: dict(self.cfg.train.get("ddp", {})))
+
+    @property
+    def num_classes(self):
+        """``(key, value)`` of the detector's number of classes (``model.roi_heads.num_classes`` of an R-CNN,
+        ``model.num_classes`` of RetinaNet), or None for a model without one."""
+        for key in ("model.roi_heads.num_classes", "model.num_classes"):
+            value = OmegaConf.select(self.cfg, key, default=None)
+            if isinstance(value, int):
+                return key, value
+        return None
+
+    def dataset_names(self):
+        """The dataset names of ``dataloader.train`` and ``dataloader.test`` (``dataset.names``)."""
+        return _names(self.cfg.dataloader.get("train")), _names(self.cfg.dataloader.get("test"))
+
+    def check(self, eval_only):
+        super().check(eval_only)
+        check_lazy_model(self.cfg)
+
+    def cuda_only_options(self):
+        return ["train.amp.enabled"] * bool(self.amp) + ["train.ddp.fp16_compression"] * bool(
+            self.ddp_options.get("fp16_compression"))
+
+    def build_model(self):
+        model = instantiate(self.cfg.model).to(self.device)
         logger.info(f"Model:\n{model}")
-        cfg.optimizer.params.model = model
-        optimizer = instantiate(cfg.optimizer)
-        data_loader = instantiate(cfg.dataloader.train)
-        ddp, amp = dict(train.get("ddp", {})), OmegaConf.select(train, "amp.enabled", default=False)
-        if not on_cuda:
-            if amp or ddp.get("fp16_compression"):
-                logger.warning("train.amp.enabled and train.ddp.fp16_compression are ignored: they need train.device cuda.")
-            amp = False
-            ddp.update(fp16_compression=False, device_ids=None)
-        model = create_ddp_model(model, **ddp)
-        self._trainer = (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer)
-        self.checkpointer = GECheckpointer(model, train.output_dir, trainer=weakref.proxy(self._trainer))
-        main = comm.is_main_process()
-        self.exact_resume = ExactResumeState(data_loader, cfg.dataloader.train.total_batch_size, train.checkpointer.period)
-        self._trainer.register_hooks(with_fault_hooks([
-            hooks.IterationTimer(),
-            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            self.exact_resume,  # on every process, before the checkpointer and the evaluation
-            *([hooks.PeriodicCheckpointer(self.checkpointer, **train.checkpointer)] if main else []),
-            hooks.EvalHook(train.eval_period, lambda: lazy_test(cfg, model)),
-            *([hooks.PeriodicWriter(default_writers(train.output_dir, train.max_iter), period=train.log_period)]
-              if main else []),
-        ]))
-        self.start_iter, self.max_iter = 0, train.max_iter
+        return model
 
-    @property
-    def iter(self):
-        return self._trainer.iter
+    def build_optimizer(self, model):
+        self.cfg.optimizer.params.model = model
+        return instantiate(self.cfg.optimizer)
 
-    @property
-    def model(self):
-        return self._trainer.model
+    def build_train_loader(self):
+        return instantiate(self.cfg.dataloader.train)
 
-    @property
-    def storage(self):
-        return self._trainer.storage
+    def build_test_mapper(self):
+        return instantiate(self.cfg.dataloader.test.mapper)
 
-    def resume_or_load(self, resume=True):
-        """Resume from ``train.output_dir``'s last checkpoint if ``resume`` and there is one, else load
-        ``train.init_checkpoint`` (if set) and start at iteration 0. Temporary files that a process killed
-        while saving left in ``train.output_dir`` are removed first."""
+    def build_test_loader(self, dataset_name=None):
+        return instantiate(self.cfg.dataloader.test)
+
+    def build_lr_scheduler(self, optimizer):
+        """``lr_multiplier``, a ParamScheduler: detectron2's LRScheduler hook applies it to the optimizer."""
+        return instantiate(self.cfg.lr_multiplier)
+
+    def test(self, model, evaluators=None):
+        """Evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``; {} if there is none."""
+        if "evaluator" not in self.cfg.dataloader:
+            return {}
+        results = inference_on_dataset(model, self.build_test_loader(),
+                                       evaluators or instantiate(self.cfg.dataloader.evaluator))
         if comm.is_main_process():
-            self.checkpointer.remove_stale_temporary_files()
-        resuming = resume and self.checkpointer.has_checkpoint()
-        self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
-        self.start_iter = self._trainer.iter + 1 if resuming else 0
-        if resuming:  # SimpleTrainer's state holds the optimizer on detectron2 0.6 and main alike
-            warn_if_resume_is_inexact(self.start_iter, optimizer_restored=True,
-                                      stream_restored=self.exact_resume.restored,
-                                      weights_option="train.init_checkpoint")
-
-    def train(self):
-        self._trainer.train(self.start_iter, self.max_iter)
+            print_csv_format(results)
+        return results
 
 
-def lazy_test(cfg, model):
-    """Evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``; {} if there is none."""
-    if "evaluator" not in cfg.dataloader:
-        return {}
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
-    if comm.is_main_process():
-        print_csv_format(results)
-    return results
+class LazyTrainer(GETrainer):
+    config_system = LazyDetection

@@ -12,24 +12,22 @@ import os
 
 import numpy as np
 import torch
-from detectron2.config import instantiate
-from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from ..checkpoint import load_weights
-from ..config import detector_num_classes
 from ..data import check_num_classes, dataset_categories
 from ..data.sanitize import UNREADABLE_IMAGE_ERRORS
-from .lazy import lazy_dataset_names, lazy_num_classes
+from ..launch import check_device
+from .lazy import LazyDetection
+from .trainer import YAMLDetection
 
-__all__ = ["PredictError", "list_inputs", "read_input", "load_trained_weights", "Predictor", "predictor_from_yaml",
-           "predictor_from_lazy", "write_predictions"]
+__all__ = ["PredictError", "list_inputs", "read_input", "load_trained_weights", "Predictor", "config_system_of",
+           "build_predictor", "write_predictions"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -127,50 +125,52 @@ class Predictor:
             keep).get_image()
 
 
-def _metadata_and_categories(dataset_names, num_classes, key):
-    """Metadata with the class names of the first dataset that has categories, and its [(id, name)]."""
+def _metadata_and_categories(dataset_names, num_classes):
+    """Metadata with the class names of the first dataset that has categories, and its [(id, name)];
+    ``num_classes`` ((config key, value) or None) is checked against it."""
     for name in dataset_names:
         categories = dataset_categories(name)
         if categories is not None:
             if num_classes is not None:
-                check_num_classes([name], key, num_classes)
+                check_num_classes([name], *num_classes)
             return Metadata(name=name, thing_classes=[n for _, n in categories]), categories
     return Metadata(name="unknown"), None
 
 
-def _weights(given, output_dir, config_file, how):
-    """The weights given on the command line, else the last checkpoint a training run wrote to ``output_dir``."""
-    if given is not None:
-        return given
-    tag = os.path.join(output_dir, "last_checkpoint")
+def config_system_of(config_file):
+    """The detection config system of ``config_file``: LazyDetection for a ``.py`` file, else YAMLDetection."""
+    return LazyDetection if str(config_file).endswith(".py") else YAMLDetection
+
+
+def _weights(config, config_file, opts):
+    """The weights an override sets (the config's weights differ from those of the file alone), else the last
+    checkpoint a training run with the config wrote to its output directory."""
+    system = type(config)
+    if opts and config.weights != system(system.load(config_file)).weights:
+        return config.weights
+    tag = os.path.join(config.output_dir, "last_checkpoint")
     if not os.path.isfile(tag):
+        example = system.OVERRIDE.format(key=system.WEIGHTS, value="path/to/model.pth")
         raise PredictError(f"no trained weights for {config_file!r}: {tag!r} does not exist. Train with this config "
-                           f"first, or give {how}.")
+                           f"first, or give {example}.")
     with open(tag) as f:
-        return os.path.join(output_dir, f.read().strip())
+        return os.path.join(config.output_dir, f.read().strip())
 
 
-def predictor_from_yaml(cfg, config_file, weights=None):
-    """A Predictor of a YAML config (``get_ge_cfg``): ``weights`` (MODEL.WEIGHTS given on the command line),
-    else the last checkpoint in OUTPUT_DIR; class names from DATASETS.TEST (or TRAIN)."""
-    key, num_classes = detector_num_classes(cfg)
-    metadata, categories = _metadata_and_categories([*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN], num_classes, key)
-    model = build_model(cfg)
-    load_trained_weights(model, _weights(weights, cfg.OUTPUT_DIR, config_file, "MODEL.WEIGHTS path/to/model.pth"),
-                         config_file)
-    return Predictor(model, DatasetMapper(cfg, is_train=False), metadata, categories)
-
-
-def predictor_from_lazy(cfg, config_file, weights=None):
-    """A Predictor of a LazyConfig: ``weights`` (train.init_checkpoint given on the command line), else the
-    last checkpoint in train.output_dir; class names from the test (or train) dataset."""
-    train_names, test_names = lazy_dataset_names(cfg)
-    key, num_classes = lazy_num_classes(cfg) or (None, None)
-    metadata, categories = _metadata_and_categories(test_names + train_names, num_classes, key)
-    model = instantiate(cfg.model).to(cfg.train.device)
-    load_trained_weights(model, _weights(weights, cfg.train.output_dir, config_file,
-                                         "train.init_checkpoint=path/to/model.pth"), config_file)
-    return Predictor(model, instantiate(cfg.dataloader.test.mapper), metadata, categories)
+def build_predictor(config_file, opts=(), weights=None):
+    """The Predictor of detection config ``config_file`` (YAML or LazyConfig) with overrides ``opts``:
+    ``weights`` if given, else the weights an override sets (MODEL.WEIGHTS, train.init_checkpoint), else
+    the last checkpoint in the config's output directory; the test-time preprocessing of the config's test
+    mapper; class names (and COCO category ids) from its test (or train) datasets. Raises GEConfigError,
+    ValueError (a CUDA device without a GPU) or PredictError."""
+    system = config_system_of(config_file)
+    config = system(system.load(config_file, opts))
+    check_device(config.device, system.DEVICE)
+    train_names, test_names = config.dataset_names()
+    metadata, categories = _metadata_and_categories(test_names + train_names, config.num_classes)
+    model = config.build_model()
+    load_trained_weights(model, weights or _weights(config, config_file, opts), config_file)
+    return Predictor(model, config.build_test_mapper(), metadata, categories)
 
 
 def _output_names(files):

@@ -4,4 +4,4 @@ from .config import PretrainConfigError, add_pretrain_config, get_pretrain_cfg, 
 from .convert import TORCHVISION_CONVENTIONS, load_into_detector, to_backbone_checkpoint
 from .evaluator import ClassificationEvaluator
 from .task import ClassificationTask
-from .trainer import PretrainTrainer
+from .trainer import PretrainTrainer, Pretraining

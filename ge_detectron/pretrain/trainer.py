@@ -1,28 +1,40 @@
-"""The pretraining loop: detectron2's DefaultTrainer (hooks, checkpointing, LR schedule, evaluation,
-writers, ``resume_or_load``) with the classification model, data and evaluation plugged in."""
+"""The pretraining config system (tools/pretrain_net.py): detectron2's YAML keys with the classification
+model, data and evaluation plugged in (``Pretraining``), and its trainer (``PretrainTrainer``)."""
 import logging
 
 from detectron2.engine import default_writers
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
-from ..data.classification import build_classification_test_loader, build_classification_train_loader
-from ..engine import GETrainer
+from ..data.classification import (build_classification_test_loader, build_classification_train_loader,
+                                   prepare_image_folders)
+from ..engine import GETrainer, YAMLConfigSystem, run_training_tool
 from ..modeling.classifier import build_ge_classifier, zero_init_residual
+from .config import get_pretrain_cfg
 from .evaluator import ClassificationEvaluator
 from .printer import PretrainMetricPrinter
 from .task import ClassificationTask
 
+__all__ = ["Pretraining", "PretrainTrainer", "run_pretrain_net"]
+
 logger = logging.getLogger(__name__)
 
 
-class PretrainTrainer(GETrainer):
+class Pretraining(YAMLConfigSystem):
     """Trains ``ClassificationTask(build_ge_classifier(cfg))`` on PRETRAIN.TRAIN_DIR and evaluates top-1 /
-    top-5 on PRETRAIN.VAL_DIR every TEST.EVAL_PERIOD iterations and at the end. GETrainer's constructor
-    (DDP on the CPU too, AMP on CUDA only, GECheckpointer)."""
+    top-5 on PRETRAIN.VAL_DIR every TEST.EVAL_PERIOD iterations and at the end."""
+
+    TOOL = "pretrain_net.py"
 
     @classmethod
-    def build_model(cls, cfg):
+    def from_args(cls, args):
+        return cls(get_pretrain_cfg(args.config_file, args.opts))
+
+    def check(self, eval_only):
+        prepare_image_folders(self.cfg)
+
+    def build_model(self):
+        cfg = self.cfg
         classifier = build_ge_classifier(cfg)
         if cfg.PRETRAIN.ZERO_INIT_RESIDUAL:
             zero_init_residual(classifier)
@@ -33,23 +45,16 @@ class PretrainTrainer(GETrainer):
         logger.info(f"Model:\n{model}")
         return model
 
-    @classmethod
-    def build_train_loader(cls, cfg):
-        return build_classification_train_loader(cfg)
+    def build_train_loader(self):
+        return build_classification_train_loader(self.cfg)
 
-    @classmethod
-    def build_test_loader(cls, cfg, dataset_name=None):
-        return build_classification_test_loader(cfg)
+    def build_test_loader(self, dataset_name=None):
+        return build_classification_test_loader(self.cfg)
 
-    @classmethod
-    def build_evaluator(cls, cfg, dataset_name=None):
-        return ClassificationEvaluator()
-
-    @classmethod
-    def test(cls, cfg, model, evaluators=None):
+    def test(self, model, evaluators=None):
         """Top-1 / top-5 on PRETRAIN.VAL_DIR: ``{"classification": {"top1": %, "top5": %}}``. Images that
         could not be read are left out, with a warning that counts them."""
-        loader, evaluator = cls.build_test_loader(cfg), evaluators or cls.build_evaluator(cfg)
+        cfg, loader, evaluator = self.cfg, self.build_test_loader(), evaluators or ClassificationEvaluator()
         results = inference_on_dataset(model, loader, evaluator)
         if comm.is_main_process():
             counted, total = getattr(evaluator, "count", None), len(loader.dataset)
@@ -60,8 +65,16 @@ class PretrainTrainer(GETrainer):
             print_csv_format(results)
         return results
 
-    def build_writers(self):
+    def build_writers(self, max_iter, data_loader):
         """detectron2's default writers (metrics.json, TensorBoard) with our printer for its CommonMetricPrinter."""
-        printer = PretrainMetricPrinter(self.max_iter, self.cfg.SOLVER.IMS_PER_BATCH, len(self.data_loader.dataset))
-        return [printer, *default_writers(self.cfg.OUTPUT_DIR, self.max_iter)[1:]]
+        printer = PretrainMetricPrinter(max_iter, self.cfg.SOLVER.IMS_PER_BATCH, len(data_loader.dataset))
+        return [printer, *default_writers(self.cfg.OUTPUT_DIR, max_iter)[1:]]
 
+
+class PretrainTrainer(GETrainer):
+    config_system = Pretraining
+
+
+def run_pretrain_net(argv=None):
+    """tools/pretrain_net.py: ge_detectron.engine's training flow with PretrainTrainer."""
+    return run_training_tool(PretrainTrainer, argv)

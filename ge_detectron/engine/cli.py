@@ -1,0 +1,59 @@
+"""The command-line flow of the training tools (tools/train_net.py, tools/lazyconfig_train_net.py,
+tools/pretrain_net.py), one for every config system: parse detectron2's options (``--config-file``,
+``--resume``, ``--eval-only``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``,
+trailing overrides) and the config system's own; check the config, data, device and process layout before
+any process starts (a failed check is a one-line ``error: ...`` and exit status 1, not a traceback);
+launch (torchrun or detectron2's launch: ge_detectron.launch); in each process train, resuming with
+``--resume``, or evaluate with ``--eval-only``; end a faulty run with one line (engine.faults)."""
+import functools
+import sys
+
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .. import compat
+from ..checkpoint import GECheckpointer
+from ..data import DatasetError
+from ..launch import check_launch_args, launch_from_args
+from .faults import stop_on_full_disk_in_log_files, train_or_exit
+
+__all__ = ["CHECK_ERRORS", "run_training_tool", "train_or_evaluate"]
+
+# What a check before training raises: GEConfigError, NumClassesMismatchError and check_launch_args'
+# errors are ValueErrors; a dataset that is not there or not usable is a DatasetError.
+CHECK_ERRORS = (ValueError, DatasetError)
+
+
+def train_or_evaluate(trainer_class, args):
+    """What a training tool does in each process: the config of ``args``, detectron2's ``default_setup``
+    and a log line of the compat fixes applied; with ``--eval-only``, ``trainer_class.test`` of the config's
+    weights (the last checkpoint with ``--resume``); else train, resuming with ``--resume``, through
+    ``train_or_exit``."""
+    config = trainer_class.config_system.from_args(args)
+    default_setup(config.cfg, args)
+    setup_logger(config.output_dir, distributed_rank=comm.get_rank(), name="ge_detectron")
+    stop_on_full_disk_in_log_files()
+    compat.log_applied()
+    if args.eval_only:
+        model = trainer_class.build_model(config.cfg)
+        GECheckpointer(model, save_dir=config.output_dir).resume_or_load(config.weights, resume=args.resume)
+        return trainer_class.test(config.cfg, model)
+    trainer = trainer_class(config.cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return train_or_exit(trainer)
+
+
+def run_training_tool(trainer_class, argv=None):
+    """The whole flow of a training tool whose trainer is ``trainer_class`` (a GETrainer)."""
+    system = trainer_class.config_system
+    args = system.add_arguments(default_argument_parser()).parse_args(argv)
+    try:  # fail fast, with a message instead of a traceback, before any worker starts
+        config = system.from_args(args)
+        config.check(args.eval_only)
+        check_launch_args(args, config.device, config.total_batch_size, device_key=system.DEVICE,
+                          batch_key=system.BATCH)
+    except CHECK_ERRORS as e:
+        sys.exit(f"error: {e}")
+    return launch_from_args(functools.partial(train_or_evaluate, trainer_class), args, config.device)
+

@@ -1,0 +1,138 @@
+"""What the trainer and the command-line flow read from a config, one adapter per config system: the
+model, optimizer, data, LR schedule and evaluation, the run's settings, and the option names that
+messages give. ``YAMLConfigSystem`` holds what detectron2's YAML keys mean for every YAML task; the
+tasks' adapters are ``detection.trainer.YAMLDetection``, ``detection.lazy.LazyDetection`` and
+``pretrain.trainer.Pretraining``."""
+import logging
+
+from detectron2.engine import DefaultTrainer, default_writers, hooks
+from detectron2.evaluation import verify_results
+from detectron2.modeling import build_model
+from detectron2.solver import build_lr_scheduler, build_optimizer
+from detectron2.utils import comm
+from fvcore.nn.precise_bn import get_bn_modules
+
+__all__ = ["ConfigSystem", "YAMLConfigSystem"]
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigSystem:
+    """One config ``cfg`` of a config system, as the trainer and the command-line flow use it. A subclass
+    names its options (the class attributes) and implements the methods and properties that raise here."""
+
+    TOOL = None  # the tool's file name, e.g. "train_net.py"
+    DEVICE, BATCH, WEIGHTS = "MODEL.DEVICE", "SOLVER.IMS_PER_BATCH", "MODEL.WEIGHTS"
+    LR_ADVICE = "Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS"  # what to change after a non-finite loss
+    OVERRIDE = "{key} {value}"  # how an override is written on the command line
+    TRAINER_STATE = "DefaultTrainer"  # the layout of the checkpointed trainer state (engine.resume.trainer_state)
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    # The command-line flow: the config of the tool's arguments in every process, checks before launching.
+    @classmethod
+    def add_arguments(cls, parser):
+        """Options of the tool besides detectron2's ``default_argument_parser``."""
+        return parser
+
+    @classmethod
+    def from_args(cls, args):
+        """The config of the tool's arguments (``--config-file``, overrides), ready to build in this process."""
+        raise NotImplementedError
+
+    def check(self, eval_only):
+        """Checks made once before any process starts (data on disk, the model's arguments); raise
+        ValueError or DatasetError naming the problem."""
+
+    # The run's settings, attributes of a subclass: device, output_dir, weights (the weights to start from),
+    # max_iter, total_batch_size, amp (mixed precision asked for), eval_period, log_period, checkpointer_options (PeriodicCheckpointer's
+    # arguments: period, max_to_keep), ddp_options (create_ddp_model's arguments).
+
+    def cuda_only_options(self):
+        """The options set that work only on CUDA (mixed precision, fp16 gradient compression)."""
+        raise NotImplementedError
+
+    def scaled_to(self, world_size):
+        """This config for ``world_size`` processes (detectron2's SOLVER.REFERENCE_WORLD_SIZE scaling)."""
+        return self
+
+    # The builders behind the trainer's build_* hooks.
+    def build_model(self):
+        raise NotImplementedError
+
+    def build_optimizer(self, model):
+        raise NotImplementedError
+
+    def build_train_loader(self):
+        raise NotImplementedError
+
+    def build_test_loader(self, dataset_name=None):
+        raise NotImplementedError
+
+    def build_lr_scheduler(self, optimizer):
+        raise NotImplementedError
+
+    def test(self, model, evaluators=None):
+        """The evaluation's results of ``model``, {} if the config has none."""
+        raise NotImplementedError
+
+    def build_precise_bn_hook(self, trainer):
+        return None
+
+    def build_writers(self, max_iter, data_loader):
+        return default_writers(self.output_dir, max_iter)
+
+    def verify_results(self, results):
+        """What the trainer's ``train`` returns, given the last evaluation's results."""
+        return None
+
+
+class YAMLConfigSystem(ConfigSystem):
+    """detectron2's YAML keys (a CfgNode): MODEL.*, SOLVER.*, TEST.*, OUTPUT_DIR, as DefaultTrainer reads them."""
+
+    device = property(lambda self: self.cfg.MODEL.DEVICE)
+    output_dir = property(lambda self: self.cfg.OUTPUT_DIR)
+    weights = property(lambda self: self.cfg.MODEL.WEIGHTS)
+    max_iter = property(lambda self: self.cfg.SOLVER.MAX_ITER)
+    total_batch_size = property(lambda self: self.cfg.SOLVER.IMS_PER_BATCH)
+    eval_period = property(lambda self: self.cfg.TEST.EVAL_PERIOD)
+    amp = property(lambda self: self.cfg.SOLVER.AMP.ENABLED)
+    log_period = 20  # DefaultTrainer's
+    checkpointer_options = property(lambda self: {"period": self.cfg.SOLVER.CHECKPOINT_PERIOD})
+    ddp_options = property(lambda self: {"broadcast_buffers": False})
+
+    def cuda_only_options(self):
+        return ["SOLVER.AMP.ENABLED"] if self.cfg.SOLVER.AMP.ENABLED else []
+
+    def scaled_to(self, world_size):
+        return type(self)(DefaultTrainer.auto_scale_workers(self.cfg, world_size))
+
+    def build_model(self):
+        model = build_model(self.cfg)
+        logger.info(f"Model:\n{model}")
+        return model
+
+    def build_optimizer(self, model):
+        return build_optimizer(self.cfg, model)
+
+    def build_lr_scheduler(self, optimizer):
+        return build_lr_scheduler(self.cfg, optimizer)
+
+    def build_precise_bn_hook(self, trainer):
+        """DefaultTrainer's PreciseBN hook (TEST.PRECISE_BN), on a loader without worker processes."""
+        if not (self.cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(trainer.model)):
+            return None
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS = 0
+        return hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, trainer.model, trainer.build_train_loader(cfg),
+                               cfg.TEST.PRECISE_BN.NUM_ITER)
+
+    def verify_results(self, results):
+        """DefaultTrainer's check of TEST.EXPECTED_RESULTS."""
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            assert results is not None, "No evaluation results obtained during training!"
+            verify_results(self.cfg, results)
+            return results
+        return None

@@ -1,0 +1,146 @@
+"""Faults that end a training run with one line instead of a traceback, the last complete checkpoint
+kept: a non-finite loss (detectron2's check before each optimizer step) or model state
+(``CheckFiniteState``, before each checkpoint is written), and a full disk while a checkpoint (written
+atomically: ge_detectron.atomic), the metrics or the log is written."""
+import errno
+import functools
+import logging
+import os
+import sys
+
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils.events import EventWriter
+
+from .resume import is_checkpoint_iteration
+
+__all__ = ["NonFiniteState", "CheckFiniteState", "name_write_errors", "stop_on_full_disk_in_log_files", "train_or_exit"]
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NonFiniteState(FloatingPointError):
+    """A parameter or buffer of the model is infinite or NaN."""
+
+
+class CheckFiniteState(HookBase):
+    """Runs just before ``checkpointer_hook``: on the iterations it saves a checkpoint at, raise
+    NonFiniteState (naming the iteration) if a parameter or a floating-point buffer (norm statistics) is
+    infinite or NaN. detectron2 checks only the loss, before the optimizer step; that step can still
+    overflow the weights, and a forward pass of a finite loss the norm layers' running statistics, which
+    would then be saved as the last checkpoint."""
+
+    def __init__(self, checkpointer_hook):
+        self.checkpointer_hook = checkpointer_hook
+
+    def after_step(self):
+        iteration, hook = self.trainer.iter, self.checkpointer_hook
+        if not is_checkpoint_iteration(iteration, hook.period, hook.max_iter):
+            return
+        model = self.trainer.model
+        state = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if b.is_floating_point())]
+        bad = [name for name, t in state if not torch.isfinite(t).all()]
+        if bad:
+            raise NonFiniteState(f"{len(bad)} parameters or buffers became infinite or NaN at iteration={iteration}, "
+                                 f"e.g. {', '.join(bad[:3])}; no checkpoint was written for it.")
+
+
+class _NamingWriteErrors(EventWriter):
+    """A writer (detectron2's JSONWriter: metrics.json) whose write errors name its file."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def _named(self, method):
+        try:
+            method()
+        except OSError as e:
+            handle = getattr(self.writer, "_file_handle", None)
+            if e.filename is None and handle is not None:
+                raise OSError(e.errno, e.strerror, handle.name) from None
+            raise
+
+    def write(self):
+        self._named(self.writer.write)
+
+    def close(self):
+        self._named(self.writer.close)
+
+
+def name_write_errors(writers):
+    """``writers`` (detectron2's EventWriters), those that write a file wrapped so that an OSError names it."""
+    return [_NamingWriteErrors(w) if hasattr(w, "_file_handle") else w for w in writers]
+
+
+def _log_files():
+    """The file handlers of detectron2's ``setup_logger`` (log.txt): StreamHandlers of a file."""
+    for name in ("detectron2", "ge_detectron", "fvcore", "d2"):
+        for handler in logging.getLogger(name).handlers:
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and stream not in (sys.stdout, sys.stderr) and \
+                    isinstance(getattr(stream, "name", None), str):
+                yield handler
+
+
+def _raise_if_disk_full(handler, record):
+    error = sys.exc_info()[1]
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        raise OSError(error.errno, error.strerror, handler.stream.name) from None
+    logging.Handler.handleError(handler, record)
+
+
+def stop_on_full_disk_in_log_files():
+    """Make a full disk while the log file is written stop the run (``train_or_exit`` says it in one line)
+    instead of printing a traceback per log record and going on."""
+    for handler in _log_files():
+        handler.handleError = functools.partial(_raise_if_disk_full, handler)
+
+
+def _discard_unwritable_log_tail():
+    """Send what the log files still buffer to /dev/null: the disk cannot take it, and closing them at exit
+    would otherwise print a traceback."""
+    for handler in _log_files():
+        try:
+            handler.stream.flush()
+        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, handler.stream.fileno())
+            os.close(devnull)
+
+
+def _first_disk_full(error):
+    """The first full-disk OSError of ``error``'s chain (the hooks that run after a failed step may fail on
+    the same disk again), or None."""
+    first = None
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            first = error
+        error = error.__context__
+    return first
+
+
+def train_or_exit(trainer):
+    """``trainer.train()``; a non-finite loss (detectron2 checks the losses before each optimizer step and
+    raises FloatingPointError naming the iteration) or a non-finite model state at a checkpoint
+    (CheckFiniteState) end the run with SystemExit and a message that names the iteration, the last
+    good checkpoint, which is kept, and the options to change (the config system's ``LR_ADVICE``). So does
+    a full disk, naming the file that could not be written."""
+    try:
+        return trainer.train()
+    except OSError as e:
+        full = _first_disk_full(e)
+        if full is None:
+            raise
+        _discard_unwritable_log_tail()
+        last = trainer.checkpointer.get_checkpoint_file() or "none was written yet"
+        raise SystemExit(f"error: training stopped at iteration={trainer.iter}, the disk is full: cannot write "
+                         f"{full.filename or 'a file'} ({full.strerror}). The last complete checkpoint is kept: "
+                         f"{last}. Free space, then run again with --resume.") from None
+    except FloatingPointError as e:
+        last = trainer.checkpointer.get_checkpoint_file() or "none was written yet"
+        what = "the model's weights are" if isinstance(e, NonFiniteState) else "the loss is"
+        reason = " ".join(str(e).split())  # detectron2's message spans two lines
+        if "iteration=" not in reason:  # e.g. detectron2's RPN: "Predicted boxes or scores contain Inf/NaN. ..."
+            reason = f"{reason} (iteration={trainer.iter})"
+        raise SystemExit(f"error: training stopped, {what} not finite: {reason} The last good checkpoint is "
+                         f"kept: {last}. {trainer.config.LR_ADVICE}, then --resume.") from None
