@@ -2,7 +2,7 @@
 
 detectron2's TrainingSampler yields one infinite stream of dataset indices: shuffled epochs drawn from
 a seed shared by all processes, each process taking its shard. A checkpoint records the seed and how
-many images of its shard a process has trained on (``ge_detectron.engine.ExactResumeState``); the
+many images of its shard a process has trained on (``ge_detectron.engine.resume.ExactResumeState``); the
 resumed run skips that many indices, without loading their images, and goes on with the next one.
 That is the uninterrupted stream whenever the loader yields images in sampler order: one aspect-ratio
 group (e.g. square images) or DATALOADER.ASPECT_RATIO_GROUPING off, and no unreadable image replaced.

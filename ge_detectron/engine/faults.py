@@ -110,13 +110,13 @@ def _discard_unwritable_log_tail():
 
 def _first_disk_full(error):
     """The first full-disk OSError of ``error``'s chain (the hooks that run after a failed step may fail on
-    the same disk again), or None."""
-    first = None
+    the same disk again), preferring one that names its file; None if there is none."""
+    chain = []
     while error is not None:
-        if isinstance(error, OSError) and error.errno in DISK_FULL:
-            first = error
-        error = error.__context__
-    return first
+        chain.append(error)
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    full = [e for e in reversed(chain) if isinstance(e, OSError) and e.errno in DISK_FULL]
+    return next((e for e in full if e.filename), full[0] if full else None)
 
 
 def train_or_exit(trainer):
