@@ -98,7 +98,6 @@ class LazyDetection(DetectionData, ConfigSystem):
     reads the same ones); checkpoints hold SimpleTrainer's state (iteration, hooks, optimizer, AMP grad
     scaler), as that tool's do."""
 
-    TOOL = "lazyconfig_train_net.py"
     DEVICE, BATCH, WEIGHTS = "train.device", "dataloader.train.total_batch_size", "train.init_checkpoint"
     LR_ADVICE = "Lower optimizer.lr or raise lr_multiplier.warmup_length"
     OVERRIDE = "{key}={value}"

@@ -52,7 +52,6 @@ class DetectionData:
 class YAMLDetection(DetectionData, YAMLConfigSystem):
     """A YAML detection config (``get_ge_cfg``)."""
 
-    TOOL = "train_net.py"
     load = staticmethod(get_ge_cfg)
 
     @property

@@ -18,10 +18,19 @@ logger = logging.getLogger(__name__)
 
 
 class ConfigSystem:
-    """One config ``cfg`` of a config system, as the trainer and the command-line flow use it. A subclass
-    names its options (the class attributes) and implements the methods and properties that raise here."""
+    """One config ``cfg`` of a config system, as the trainer and the command-line flow use it.
 
-    TOOL = None  # the tool's file name, e.g. "train_net.py"
+    A subclass names its options (the class attributes) and gives
+    - the run's settings: ``device``, ``output_dir``, ``weights`` (the weights to start from), ``max_iter``,
+      ``total_batch_size``, ``amp`` (mixed precision asked for), ``eval_period``, ``log_period``,
+      ``checkpointer_options`` (PeriodicCheckpointer's arguments: period, max_to_keep), ``ddp_options``
+      (create_ddp_model's arguments) and ``cuda_only_options()`` (those set that work only on CUDA);
+    - the builders behind the trainer's ``build_*`` hooks: ``build_model()``, ``build_optimizer(model)``,
+      ``build_train_loader()``, ``build_test_loader(dataset_name)``, ``build_lr_scheduler(optimizer)``, and
+      ``test(model, evaluators)``, the evaluation's results ({} if the config has none);
+    - for the command-line flow: ``from_args(args)``, the config of the tool's arguments in this process.
+    """
+
     DEVICE, BATCH, WEIGHTS = "MODEL.DEVICE", "SOLVER.IMS_PER_BATCH", "MODEL.WEIGHTS"
     LR_ADVICE = "Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS"  # what to change after a non-finite loss
     OVERRIDE = "{key} {value}"  # how an override is written on the command line
@@ -30,52 +39,18 @@ class ConfigSystem:
     def __init__(self, cfg):
         self.cfg = cfg
 
-    # The command-line flow: the config of the tool's arguments in every process, checks before launching.
     @classmethod
     def add_arguments(cls, parser):
         """Options of the tool besides detectron2's ``default_argument_parser``."""
         return parser
 
-    @classmethod
-    def from_args(cls, args):
-        """The config of the tool's arguments (``--config-file``, overrides), ready to build in this process."""
-        raise NotImplementedError
-
     def check(self, eval_only):
         """Checks made once before any process starts (data on disk, the model's arguments); raise
         ValueError or DatasetError naming the problem."""
 
-    # The run's settings, attributes of a subclass: device, output_dir, weights (the weights to start from),
-    # max_iter, total_batch_size, amp (mixed precision asked for), eval_period, log_period, checkpointer_options (PeriodicCheckpointer's
-    # arguments: period, max_to_keep), ddp_options (create_ddp_model's arguments).
-
-    def cuda_only_options(self):
-        """The options set that work only on CUDA (mixed precision, fp16 gradient compression)."""
-        raise NotImplementedError
-
     def scaled_to(self, world_size):
         """This config for ``world_size`` processes (detectron2's SOLVER.REFERENCE_WORLD_SIZE scaling)."""
         return self
-
-    # The builders behind the trainer's build_* hooks.
-    def build_model(self):
-        raise NotImplementedError
-
-    def build_optimizer(self, model):
-        raise NotImplementedError
-
-    def build_train_loader(self):
-        raise NotImplementedError
-
-    def build_test_loader(self, dataset_name=None):
-        raise NotImplementedError
-
-    def build_lr_scheduler(self, optimizer):
-        raise NotImplementedError
-
-    def test(self, model, evaluators=None):
-        """The evaluation's results of ``model``, {} if the config has none."""
-        raise NotImplementedError
 
     def build_precise_bn_hook(self, trainer):
         return None

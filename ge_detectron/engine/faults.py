@@ -74,7 +74,7 @@ def name_write_errors(writers):
 
 def _log_files():
     """The file handlers of detectron2's ``setup_logger`` (log.txt): StreamHandlers of a file."""
-    for name in ("detectron2", "ge_detectron", "fvcore", "d2"):
+    for name in ("detectron2", "ge_detectron", "fvcore"):
         for handler in logging.getLogger(name).handlers:
             stream = getattr(handler, "stream", None)
             if isinstance(handler, logging.StreamHandler) and stream not in (sys.stdout, sys.stderr) and \

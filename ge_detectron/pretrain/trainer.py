@@ -24,8 +24,6 @@ class Pretraining(YAMLConfigSystem):
     """Trains ``ClassificationTask(build_ge_classifier(cfg))`` on PRETRAIN.TRAIN_DIR and evaluates top-1 /
     top-5 on PRETRAIN.VAL_DIR every TEST.EVAL_PERIOD iterations and at the end."""
 
-    TOOL = "pretrain_net.py"
-
     @classmethod
     def from_args(cls, args):
         return cls(get_pretrain_cfg(args.config_file, args.opts))
