@@ -42,7 +42,7 @@ test: install
 	$(PY) -m pytest
 	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_excite_triton.py  # the Triton kernels on the CPU
 
-# Everything but the tests marked slow (those that train, run a subprocess or run full-size models).
+# Everything but the tests marked slow (those that train or run a subprocess).
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 

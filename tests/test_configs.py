@@ -29,7 +29,6 @@ def test_every_detection_config_merges_and_builds(path):
     check_ge_modules(build_model(cfg), cfg)
 
 
-@pytest.mark.slow  # full-size R50/R101 classifiers
 @pytest.mark.parametrize("path", PRETRAIN, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_pretrain_config_merges_and_builds_a_classifier(path):
     cfg = get_pretrain_cfg(path, ["MODEL.DEVICE", "cpu"])

@@ -29,7 +29,6 @@ def count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.slow  # full-size R50/R101 classifiers at 224 px
 @pytest.mark.parametrize("depth,variant,extent", [(50, "none", 0), (50, "se", 0), (50, "theta_minus", 8),
                                                   (50, "theta", 0), (50, "theta_plus", 4), (101, "theta_plus", 0)])
 def test_classifier_maps_224_images_to_imagenet_logits(depth, variant, extent):
@@ -75,7 +74,6 @@ def test_parameter_counts_match_the_spec():
     assert se - none == sum(n * (2 * c * (c // 16) + c // 16 + c) for n, c in R50_BLOCKS)
 
 
-@pytest.mark.slow  # FLOPs of full-size R50 and R101
 def test_ge_changes_flops_by_well_under_one_percent():
     _, base = classifier_stats(classifier_cfg(IMAGENET, 50, "none", 0))
     assert 4.0e9 < base < 4.2e9  # ResNet-50 at 224: 4.1 GMACs
