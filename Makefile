@@ -1,6 +1,7 @@
-# The README's two commands: `make demo` and `make test`. Both create or reuse $(VENV) and install
-# what is missing (a second run skips what is installed), then run. DETECTRON2_SRC (a pip requirement:
-# a path, an sdist or a git URL such as git+https://github.com/facebookresearch/detectron2.git) builds
+# The README's two commands: `make demo` and `make test` (`make test-fast`: the tests not marked slow).
+# Each creates or reuses $(VENV) and installs what is missing (a second run skips what is installed), then
+# runs. DETECTRON2_SRC (a pip requirement: a path, an sdist or a git URL such as
+# git+https://github.com/facebookresearch/detectron2.git) builds
 # detectron2 from it instead of the default route (tools/install_detectron2.sh).
 PYTHON_SYSTEM ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ DEMO_DIR ?= output/demo
 STAMP := $(VENV)/.ge_detectron_installed
 D2_SRC_RECORD := $(VENV)/.detectron2_src
 
-.PHONY: install demo test clean FORCE
+.PHONY: install demo test test-fast clean FORCE
 
 install: $(STAMP)
 
@@ -36,9 +37,14 @@ demo: install
 	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR)
 	$(PY) tools/visualize_predictions.py --config-file $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_DIR)
 
+# pytest's settings (test paths, options, the `slow` marker) are in pytest.ini.
 test: install
-	$(PY) -m pytest -q tests
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_excite_triton.py  # the Triton kernels on the CPU
+	$(PY) -m pytest
+	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_excite_triton.py  # the Triton kernels on the CPU
+
+# Everything but the tests marked slow (those that train or run a subprocess).
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf build ge_detectron/_C*.so output

@@ -13,6 +13,8 @@ import sys
 import pytest
 from ge_detectron import compat
 
+pytestmark = pytest.mark.slow  # every test here runs a subprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETECTRON2 = os.path.dirname(__import__("detectron2").__file__)
 NUMPY_ALIASES = ("int", "float", "str", "bool", "object", "complex")

@@ -13,6 +13,8 @@ from pycocotools.cocoeval import COCOeval
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.detection import DetectionTrainer as Trainer
 
+pytestmark = pytest.mark.slow  # every test here trains or runs a subprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from test_robustness import DEMO, REPO, TINY, shapes_root
+from helpers import DEMO, REPO, TINY, shapes_root
 
 # Runs tools/train_net.py (argv[1:]) on a disk that is full once the run's first checkpoint is written: from
 # then on, writing a file whose name starts with $FULL_DISK fails with ENOSPC, as the OS reports it (the

@@ -3,27 +3,22 @@ for 2 iterations. The processes must end with identical parameters (DDP averages
 their different batches), and only rank 0 writes checkpoints, metrics and events; detectron2's
 loggers give rank 1 its own log file, ``log.txt.rank1``, and nothing else.
 
-Each process saves its final model state through a hook the test adds (run_tool_saving_rank_states.py)."""
+Each process saves its final model state through a hook the test adds (tests/helpers.py run as a script)."""
 import json
 import os
 import socket
 import subprocess
 import sys
 
+import pytest
 import torch
+from helpers import PAPER, TINY, TINY_C4, TINY_PRETRAIN, class_folders, shapes_root, tiny
 
-from ge_detectron.data import generate_shapes_split, shape_classes
+pytestmark = pytest.mark.slow  # every test here trains or runs a subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NARROW_R50 = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.WIDTH_PER_GROUP", "16",
-              "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"]
 # 2 images per process and step (1 would be a batch of one 1x1 map in the BN of the E8 gather).
-DETECTION = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
-             "INPUT.MAX_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
-             "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
-             "MODEL.RESNETS.NORM", "BN", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FPN.NORM", "",
-             "MODEL.ROI_BOX_HEAD.FC_DIM", "64", *NARROW_R50,
-             "MODEL.GE.NORM", "FrozenBN"]  # no batch statistics over 1x1 gather maps (see test_robustness.TINY)
+DETECTION = [*TINY, "SOLVER.IMS_PER_BATCH", "4"]
 
 
 def free_port():
@@ -37,7 +32,7 @@ def torchrun(tool, opts, tmp_path, env=None, run_opts=None):
     tool's override syntax (default: YAML's)."""
     run_opts = run_opts or ["SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(tmp_path / "out")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "tests/run_tool_saving_rank_states.py", f"tools/{tool}", *opts, *run_opts]
+           "--master_port", str(free_port()), "tests/helpers.py", f"tools/{tool}", *opts, *run_opts]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "RANK_STATE_DIR": str(tmp_path / "ranks"), **(env or {})}
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -74,10 +69,7 @@ def check_ranks_agree_and_only_rank0_wrote(tmp_path, out, rank0_outputs):
 
 
 def test_train_net_two_cpu_processes(tmp_path):
-    root = tmp_path / "ge_shapes"
-    for split, num, seed in (("train", 4, 0), ("val", 2, 1)):
-        generate_shapes_split(str(root / split), str(root / f"{split}.json"), num, seed, image_size=64,
-                              min_side=12, max_side=30)
+    shapes_root(tmp_path)
     config = ["--config-file", "configs/demo/faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml"]
     out = torchrun("train_net.py", config + DETECTION, tmp_path, env={"DETECTRON2_DATASETS": str(tmp_path)})
     # The final COCO evaluation gathers both processes' predictions; rank 0 writes them.
@@ -86,12 +78,7 @@ def test_train_net_two_cpu_processes(tmp_path):
 
 
 def test_lazyconfig_train_net_two_cpu_processes(tmp_path):
-    from test_lazy_configs import PAPER, TINY_C4, tiny
-
-    root = tmp_path / "ge_shapes"
-    for split, num, seed in (("train", 4, 0), ("val", 2, 1)):
-        generate_shapes_split(str(root / split), str(root / f"{split}.json"), num, seed, image_size=64,
-                              min_side=12, max_side=30)
+    shapes_root(tmp_path)
     names = {"train": "ge_shapes_train", "val": "ge_shapes_val"}  # found under DETECTRON2_DATASETS
     opts = ["--config-file", PAPER, *tiny(names, tmp_path / "out"), *TINY_C4, "dataloader.train.total_batch_size=4"]
     out = torchrun("lazyconfig_train_net.py", opts, tmp_path, env={"DETECTRON2_DATASETS": str(tmp_path)},
@@ -101,13 +88,9 @@ def test_lazyconfig_train_net_two_cpu_processes(tmp_path):
 
 
 def test_pretrain_net_two_cpu_processes(tmp_path):
-    shape_classes.generate_split(str(tmp_path / "train"), 3, seed=0, size=32)
-    shape_classes.generate_split(str(tmp_path / "val"), 2, seed=1, size=32)
+    class_folders(tmp_path, train_per_class=3, val_per_class=2)
     opts = ["--config-file", "configs/pretrain/demo_shapes.yaml",
-            "PRETRAIN.TRAIN_DIR", str(tmp_path / "train"), "PRETRAIN.VAL_DIR", str(tmp_path / "val"),
-            "PRETRAIN.GENERATE_DEMO_DATA", "False", "PRETRAIN.CROP_SIZE", "32", "PRETRAIN.RESIZE_SIZE", "32",
-            "SOLVER.IMS_PER_BATCH", "8", "PRETRAIN.EVAL_IMS_PER_BATCH", "16", "DATALOADER.NUM_WORKERS", "0",
-            "MODEL.GE.EXTENT", "0", "MODEL.GE.GLOBAL_INPUT_SIZE", "32", *NARROW_R50]
+            "PRETRAIN.TRAIN_DIR", str(tmp_path / "train"), "PRETRAIN.VAL_DIR", str(tmp_path / "val"), *TINY_PRETRAIN]
     out = torchrun("pretrain_net.py", opts, tmp_path)
     check_ranks_agree_and_only_rank0_wrote(tmp_path, out, set())
     # The evaluation summed both processes' halves of the 16 validation images.

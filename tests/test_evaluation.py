@@ -6,7 +6,6 @@ the VOC convention of 1-based pixel coordinates)."""
 import json
 import logging
 import os
-import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -16,6 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 from detectron2.evaluation import coco_evaluation
 from detectron2.structures import Boxes, Instances
+from helpers import DEMO, TINY
 from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -23,10 +23,6 @@ from pycocotools.cocoeval import COCOeval
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.detection import DetectionTrainer as Trainer
 from ge_detectron.evaluation import build_coco_evaluator, fast_coco_eval
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tests"))
-from test_robustness import DEMO, TINY  # noqa: E402
 
 CLASSES = ("circle", "square", "triangle")  # no image has a triangle
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]

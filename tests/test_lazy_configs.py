@@ -11,11 +11,10 @@ import sys
 import pytest
 import torch
 from detectron2.config import instantiate
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from detectron2.utils.env import seed_all_rng
-from test_robustness import check_resumed_weights_equal_uninterrupted
+from helpers import PAPER, TINY_C4, ToolRun, check_resumed_weights_equal_uninterrupted, tiny, tiny_lazy_cfg
 
 from ge_detectron import GatherExcite
 from ge_detectron.config import get_ge_cfg
@@ -24,62 +23,11 @@ from ge_detectron.detection.cli import run_lazyconfig_train_net
 from ge_detectron.detection.lazy import LazyTrainer, load_lazy_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER = os.path.join(REPO, "configs", "faster_rcnn_ge_r50.py")
 LAZY = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
               if os.sep + "common" + os.sep not in p)
 
 
-def tiny(tiny_shapes, output_dir, seed=3):
-    """key=value overrides: the tiny generated data at 64 px, 1 iteration of 2 images on the CPU."""
-    return ["train.device=cpu", "train.init_checkpoint=", "train.max_iter=1", f"train.output_dir={output_dir}",
-            "train.amp.enabled=false", "train.eval_period=0", "train.checkpointer.period=100", f"+train.seed={seed}",
-            "optimizer.lr=0.001", "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
-            "dataloader.test.num_workers=0", f"dataloader.train.dataset.names={tiny_shapes['train']}",
-            f"dataloader.test.dataset.names={tiny_shapes['val']}", "model.roi_heads.num_classes=4",
-            "dataloader.test.mapper.augmentations.0.short_edge_length=64",
-            "dataloader.test.mapper.augmentations.0.max_size=64"]
-
-
-# 1/16 of the widths, as TINY in test_robustness.py: stem 16, res2 64 channels, bottlenecks from 16.
-NARROW_BOTTOM_UP = ["stem.out_channels=16", "stages.stem_out_channels=16", "stages.res2_out_channels=64",
-                    "stages.width_per_group=16"]
-# the paper's C4 detector: narrow res2-res4 and res5 (head), 64 px training; all reachable by key=value
-TINY_C4 = [*(f"model.backbone.{o}" for o in NARROW_BOTTOM_UP), "model.proposal_generator.head.in_channels=256",
-           "model.roi_heads.res5.in_channels=256", "model.roi_heads.res5.bottleneck_channels=128",
-           "model.roi_heads.res5.out_channels=512", "model.backbone.stem.norm=BN", "model.backbone.stages.norm=BN",
-           "model.roi_heads.res5.norm=BN", "model.backbone.freeze_at=0", "model.roi_heads.batch_size_per_image=16",
-           "model.roi_heads.pooler.output_size=7",
-           "model.proposal_generator.post_nms_topk=[200,50]",
-           "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
-           "dataloader.train.mapper.augmentations.0.max_size=64",
-           # no batch statistics over the 1x1 maps the E8 gathers end in at 64 px (see test_robustness.TINY)
-           "model.backbone.stages.ge_norm=FrozenBN", "model.roi_heads.res5.ge_norm=FrozenBN"]
-# the LSJ Mask R-CNN: 64 px jitter and crop (its ShapeSpecs are narrowed in Python, below)
-TINY_LSJ = [*(f"model.backbone.bottom_up.{o}" for o in NARROW_BOTTOM_UP), "model.backbone.out_channels=32",
-            "model.proposal_generator.head.in_channels=32", "model.roi_heads.batch_size_per_image=64",
-            "model.proposal_generator.post_nms_topk=[200,50]",
-            "dataloader.train.mapper.augmentations.0.target_height=64",
-            "dataloader.train.mapper.augmentations.0.target_width=64",
-            "dataloader.train.mapper.augmentations.1.crop_size=[64,64]",
-            "model.backbone.bottom_up.stages.ge_norm=FrozenBN"]  # as in TINY_C4
-
-
-def narrow_fpn_heads(cfg):
-    heads = cfg.model.roi_heads
-    heads.box_head.input_shape = ShapeSpec(channels=32, height=7, width=7)
-    heads.box_head.conv_dims, heads.box_head.fc_dims = [32] * len(heads.box_head.conv_dims), [64]
-    heads.box_predictor.input_shape = ShapeSpec(channels=64)
-    heads.mask_head.input_shape = ShapeSpec(channels=32, height=14, width=14)
-    heads.mask_head.conv_dims = [32] * len(heads.mask_head.conv_dims)
-    return cfg
-
-
-def tiny_lazy_cfg(path, tiny_shapes, output_dir, extra=()):
-    lsj = "LSJ" in path
-    cfg = load_lazy_config(path, tiny(tiny_shapes, output_dir) + (TINY_LSJ if lsj else TINY_C4) + list(extra))
-    return narrow_fpn_heads(cfg) if lsj else cfg
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("path", LAZY, ids=lambda p: os.path.relpath(p, REPO))
 def test_every_lazy_config_instantiates_and_trains_one_iteration(path, tiny_shapes, tmp_path):
     full = instantiate(load_lazy_config(path, ["train.device=cpu"]).model)  # the config as shipped
@@ -154,6 +102,7 @@ def lazy_tool(tiny_shapes, output_dir, *args, extra=()):
     return run_lazyconfig_train_net(["--config-file", PAPER, *args, *tiny(tiny_shapes, output_dir), *TINY_C4, *extra])
 
 
+@pytest.mark.slow
 def test_lazy_tool_trains_evaluates_resumes_and_evaluates_only(tiny_shapes, tmp_path, capsys):
     out = tmp_path / "out"
     lazy_tool(tiny_shapes, out, extra=["train.max_iter=2", "train.checkpointer.period=1",
@@ -172,29 +121,7 @@ def test_lazy_tool_trains_evaluates_resumes_and_evaluates_only(tiny_shapes, tmp_
     assert f"Loading from {out / 'model_final.pth'}" in log and "Evaluation results for bbox" in log
 
 
-# tools/lazyconfig_train_net.py's flow with the arguments in argv[1:], its trainer SIGKILLing its own process
-# after the hooks (the checkpointer's among them) of iteration $KILL_AFTER_ITERATION, if set.
-KILLABLE_LAZY_TOOL = """
-import os, signal, sys
-from ge_detectron.detection.cli import run_lazyconfig_train_net  # first: compat fixes before detectron2 is used
-from ge_detectron.detection.lazy import LazyTrainer
-from detectron2.engine import HookBase
-
-class SigkillAfter(HookBase):
-    def after_step(self):
-        if self.trainer.iter == int(os.environ["KILL_AFTER_ITERATION"]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-if "KILL_AFTER_ITERATION" in os.environ:
-    init = LazyTrainer.__init__
-    def init_with_kill(self, cfg):
-        init(self, cfg)
-        self.register_hooks([SigkillAfter()])
-    LazyTrainer.__init__ = init_with_kill
-run_lazyconfig_train_net(sys.argv[1:])
-"""
-
-
+@pytest.mark.slow
 def test_lazy_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
     names = {"train": "exact_lazy_train", "val": "exact_lazy_val"}
     register = []
@@ -207,13 +134,9 @@ def test_lazy_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to
         # momentum SGD, 2 of the 4 images per step (the stream position matters), the config's random flip and
         # resize in this process (num_workers 0: the generators matter), random proposal sampling
         extra = ["train.max_iter=6", "train.checkpointer.period=2", "dataloader.train.total_batch_size=2"]
-        cmd = [sys.executable, "-c", KILLABLE_LAZY_TOOL, "--config-file", PAPER, *register, *args,
-               *tiny(names, tmp_path / out, seed=5), *TINY_C4, *extra]
-        env = {k: v for k, v in os.environ.items() if k != "KILL_AFTER_ITERATION"}
-        env.update({} if kill_after is None else {"KILL_AFTER_ITERATION": str(kill_after)})
-        with open(tmp_path / f"{out}{len(args)}.log", "w") as log:
-            returncode = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600).returncode
-        return returncode, (tmp_path / f"{out}{len(args)}.log").read_text()
+        tool_args = ["--config-file", PAPER, *register, *args, *tiny(names, tmp_path / out, seed=5), *TINY_C4, *extra]
+        return ToolRun("tools/lazyconfig_train_net.py", tool_args, tmp_path / f"{out}{len(args)}.log",
+                       kill_after=kill_after).wait(timeout=600)
 
     returncode, log = run("uninterrupted")
     assert returncode == 0, log[-3000:]
@@ -228,6 +151,7 @@ def test_lazy_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to
     torch.testing.assert_close(resumed["trainer"]["optimizer"], expected["trainer"]["optimizer"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_a_lazy_checkpoint_without_exact_resume_state_resumes_with_a_warning_saying_what_is_lost(
         tiny_shapes, tmp_path, caplog):
     trainer = LazyTrainer(tiny_lazy_cfg(PAPER, tiny_shapes, tmp_path, ["train.max_iter=2"]))
@@ -252,6 +176,7 @@ def test_a_lazy_checkpoint_without_exact_resume_state_resumes_with_a_warning_say
     assert resumed.iter == 3
 
 
+@pytest.mark.slow
 def test_lazy_tool_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tiny_shapes, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=r"error: training stopped, (the loss|the model's weights) (is|are) not finite.*"
@@ -278,6 +203,7 @@ def test_lazy_tool_errors_before_training_name_the_problem(extra, message, tiny_
     assert not (tmp_path / "last_checkpoint").exists()
 
 
+@pytest.mark.slow
 def test_lazy_tool_missing_config_is_one_line_on_stderr(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "lazyconfig_train_net.py"), "--config-file",
                              str(tmp_path / "nope.py"), "train.max_iter=1"], cwd=REPO, capture_output=True, text=True,

@@ -2,23 +2,21 @@
 generated shapes (boxes and masks) learns its masks and is evaluated for box and mask AP, and a RetinaNet
 iteration; the evaluator's numbers are checked against pycocotools on the same detections."""
 import json
-import os
 
 import pytest
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.utils.env import seed_all_rng
+from helpers import MASK_DEMO, RETINANET, TINY
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from test_robustness import TINY
 
 from ge_detectron import GatherExcite
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.detection import DetectionTrainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MASK_DEMO = os.path.join(REPO, "configs", "demo", "mask_rcnn_ge_theta_e8_r50_fpn_shapes.yaml")
-RETINANET = os.path.join(REPO, "configs", "retinanet_ge_r50_fpn.yaml")
+pytestmark = pytest.mark.slow  # every test here trains or runs a subprocess
+
 KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 

@@ -9,14 +9,12 @@ import sys
 import numpy as np
 import pytest
 from detectron2.data import MetadataCatalog
+from helpers import DEMO, MASK_DEMO, REPO, TINY
 from PIL import Image
-from test_robustness import TINY
 
 from ge_detectron.detection.cli import run_predict, run_train_net
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MASK_DEMO = os.path.join(REPO, "configs", "demo", "mask_rcnn_ge_theta_e8_r50_fpn_shapes.yaml")
-FASTER_DEMO = os.path.join(REPO, "configs", "demo", "faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml")
+pytestmark = pytest.mark.slow  # every test here trains or runs a subprocess
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +87,7 @@ def test_errors_are_one_line_naming_the_file(case, trained, tiny_shapes, tmp_pat
         (tmp_path / "half.pth").write_bytes((out / "model_final.pth").read_bytes()[:1000])
         extra, message = ["MODEL.WEIGHTS", tmp_path / "half.pth"], f"cannot load weights '{tmp_path / 'half.pth'}': "
     elif case == "foreign weights":  # a Mask R-CNN's weights for a Faster R-CNN config
-        config, message = FASTER_DEMO, rf"weights '{out / 'model_final.pth'}' do not fit the model of '{FASTER_DEMO}': \d+ weights are not in the model \(e.g. roi_heads.mask_head"
+        config, message = DEMO, rf"weights '{out / 'model_final.pth'}' do not fit the model of '{DEMO}': \d+ weights are not in the model \(e.g. roi_heads.mask_head"
     else:
         extra, message = ["MODEL.FPN.OUT_CHANNELS", 64], (rf"weights '{out / 'model_final.pth'}' do not fit the model of "
                                                           rf"'{MASK_DEMO}': \d+ tensors have other shapes than the model's "

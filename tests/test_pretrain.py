@@ -14,6 +14,7 @@ from ge_detectron.data.classification import build_eval_transform
 from ge_detectron.modeling.classifier import build_ge_classifier, zero_init_residual
 from ge_detectron.pretrain import ClassificationEvaluator, get_pretrain_cfg
 from ge_detectron.pretrain.analysis import classifier_cfg, classifier_stats
+from helpers import NARROW_R50, TINY_PRETRAIN, class_folders
 from PIL import Image
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -118,6 +119,7 @@ def run_tool(args, env=None):
                           env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
 
 
+@pytest.mark.slow
 def test_missing_dataset_exits_with_a_short_message(tmp_path):
     result = run_tool(["tools/pretrain_net.py", "--config-file", "configs/pretrain/r50_theta.yaml"],
                       env={"DETECTRON2_DATASETS": str(tmp_path / "nowhere")})
@@ -126,18 +128,15 @@ def test_missing_dataset_exits_with_a_short_message(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_pretrain_evaluate_resume_convert_and_load_into_a_detector(tmp_path):
     """Two iterations on a tiny generated set, evaluation, a resumed third iteration, conversion, and
     loading into the GE-pretrained detection config (the detector shrunk to the demo's widths)."""
-    shape_classes.generate_split(str(tmp_path / "train"), 3, seed=0, size=32)
-    shape_classes.generate_split(str(tmp_path / "val"), 2, seed=1, size=32)
+    class_folders(tmp_path, train_per_class=3, val_per_class=2)
     out = tmp_path / "out"
-    model_opts = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-                  "MODEL.RESNETS.WIDTH_PER_GROUP", "16", "MODEL.GE.EXTENT", "0", "MODEL.GE.GLOBAL_INPUT_SIZE", "32"]
-    opts = ["PRETRAIN.TRAIN_DIR", str(tmp_path / "train"), "PRETRAIN.VAL_DIR", str(tmp_path / "val"),
-            "PRETRAIN.GENERATE_DEMO_DATA", "False", "PRETRAIN.CROP_SIZE", "32", "PRETRAIN.RESIZE_SIZE", "32",
-            "SOLVER.IMS_PER_BATCH", "8", "PRETRAIN.EVAL_IMS_PER_BATCH", "16", "DATALOADER.NUM_WORKERS", "0",
-            "OUTPUT_DIR", str(out), *model_opts]
+    model_opts = [*NARROW_R50, "MODEL.GE.EXTENT", "0", "MODEL.GE.GLOBAL_INPUT_SIZE", "32"]
+    opts = ["PRETRAIN.TRAIN_DIR", str(tmp_path / "train"), "PRETRAIN.VAL_DIR", str(tmp_path / "val"), *TINY_PRETRAIN,
+            "OUTPUT_DIR", str(out)]
     train = ["tools/pretrain_net.py", "--config-file", "configs/pretrain/demo_shapes.yaml"]
 
     result = run_tool(train + opts + ["SOLVER.MAX_ITER", "2"])

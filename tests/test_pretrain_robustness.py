@@ -15,25 +15,15 @@ from ge_detectron.data.classification import (MAX_UNREADABLE_IN_A_ROW, ReadableI
                                               build_train_transform, check_image_folders)
 from ge_detectron.engine import train_or_exit
 from ge_detectron.pretrain import PretrainTrainer, get_pretrain_cfg
+from helpers import PRETRAIN_DEMO, TINY_PRETRAIN, class_folders
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-CONFIG = os.path.join(ROOT, "configs", "pretrain", "demo_shapes.yaml")
-TINY = ["PRETRAIN.GENERATE_DEMO_DATA", "False", "PRETRAIN.CROP_SIZE", "32", "PRETRAIN.RESIZE_SIZE", "32",
-        "SOLVER.IMS_PER_BATCH", "8", "PRETRAIN.EVAL_IMS_PER_BATCH", "16", "DATALOADER.NUM_WORKERS", "0",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-        "MODEL.RESNETS.WIDTH_PER_GROUP", "16", "MODEL.GE.EXTENT", "0", "MODEL.GE.GLOBAL_INPUT_SIZE", "32"]
-
-
-def tiny_folders(tmp_path, per_class=2):
-    """8 classes x ``per_class`` 32x32 PNGs in train and in val."""
-    shape_classes.generate_split(str(tmp_path / "train"), per_class, seed=0, size=32)
-    shape_classes.generate_split(str(tmp_path / "val"), per_class, seed=1, size=32)
-    return tmp_path
 
 
 def tiny_cfg(tmp_path, *opts):
-    return get_pretrain_cfg(CONFIG, ["PRETRAIN.TRAIN_DIR", str(tmp_path / "train"), "PRETRAIN.VAL_DIR",
-                                     str(tmp_path / "val"), "OUTPUT_DIR", str(tmp_path / "out"), *TINY, *opts])
+    return get_pretrain_cfg(PRETRAIN_DEMO, ["PRETRAIN.TRAIN_DIR", str(tmp_path / "train"), "PRETRAIN.VAL_DIR",
+                                            str(tmp_path / "val"), "OUTPUT_DIR", str(tmp_path / "out"), *TINY_PRETRAIN,
+                                            *opts])
 
 
 def break_images(tmp_path):
@@ -59,7 +49,7 @@ def warnings_of(name="ge_detectron"):
 
 
 def test_unreadable_training_images_are_replaced_and_counted(tmp_path):
-    bad = break_images(tiny_folders(tmp_path))
+    bad = break_images(class_folders(tmp_path))
     dataset = ReadableImageFolder(tiny_cfg(tmp_path), "TRAIN_DIR", build_train_transform(tiny_cfg(tmp_path)),
                                   replace=True)
     indices = [i for i, (path, _) in enumerate(dataset.samples) if path in bad]
@@ -73,8 +63,9 @@ def test_unreadable_training_images_are_replaced_and_counted(tmp_path):
     assert any("UnidentifiedImageError" in m for m in messages) and any("truncated" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_unreadable_validation_images_are_left_out_of_the_evaluation(tmp_path):
-    bad = break_images(tiny_folders(tmp_path))
+    bad = break_images(class_folders(tmp_path))
     cfg = tiny_cfg(tmp_path)
     dataset = ReadableImageFolder(cfg, "VAL_DIR", build_eval_transform(cfg), replace=False)
     assert dataset[[p for p, _ in dataset.samples].index(str(tmp_path / "val" / "cross" / "00001.png"))] is None
@@ -91,7 +82,7 @@ def test_unreadable_validation_images_are_left_out_of_the_evaluation(tmp_path):
 
 
 def test_a_batch_of_unreadable_images_is_an_empty_batch(tmp_path):
-    tiny_folders(tmp_path, per_class=1)
+    class_folders(tmp_path, train_per_class=1, val_per_class=1)
     for cls in shape_classes.CLASSES:
         (tmp_path / "val" / cls / "00000.png").write_bytes(b"")
     cfg = tiny_cfg(tmp_path)
@@ -104,7 +95,7 @@ def test_a_batch_of_unreadable_images_is_an_empty_batch(tmp_path):
 
 
 def test_a_training_set_of_unreadable_images_is_a_clear_error(tmp_path):
-    tiny_folders(tmp_path, per_class=1)
+    class_folders(tmp_path, train_per_class=1, val_per_class=1)
     for cls in shape_classes.CLASSES:
         (tmp_path / "train" / cls / "00000.png").write_bytes(b"not an image")
     cfg = tiny_cfg(tmp_path)
@@ -124,7 +115,7 @@ def test_empty_datasets_are_a_clear_error(tmp_path):
     with pytest.raises(DatasetMissingError, match="is empty"):  # also where the loaders are built
         PretrainTrainer.build_train_loader(tiny_cfg(tmp_path))
 
-    tiny_folders(tmp_path / "partly")
+    class_folders(tmp_path / "partly")
     for path in (tmp_path / "partly" / "val" / "ring").iterdir():
         path.unlink()
     with pytest.raises(InvalidDatasetError, match=r"PRETRAIN.VAL_DIR: 1 of the 8 class folders in .* hold no "
@@ -147,8 +138,9 @@ def finite(checkpoint):
     return all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_pretraining_with_the_iteration_and_keeps_the_last_good_checkpoint(tmp_path):
-    cfg = tiny_cfg(tiny_folders(tmp_path), "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "1",
+    cfg = tiny_cfg(class_folders(tmp_path), "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "1",
                    "TEST.EVAL_PERIOD", "0")
     trainer = PretrainTrainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -165,14 +157,15 @@ def test_non_finite_loss_stops_pretraining_with_the_iteration_and_keeps_the_last
     assert checkpoint["iteration"] == 1 and finite(checkpoint)
 
 
+@pytest.mark.slow
 def test_divergence_stops_pretrain_net_before_a_non_finite_checkpoint(tmp_path):
     """A huge learning rate: the weights or the norm statistics overflow after a step whose loss was finite
     (no checkpoint of them is written), or the next loss is NaN; either way the tool stops with one line."""
-    tiny_folders(tmp_path)
+    class_folders(tmp_path)
     opts = ["PRETRAIN.TRAIN_DIR", str(tmp_path / "train"), "PRETRAIN.VAL_DIR", str(tmp_path / "val"),
-            "OUTPUT_DIR", str(tmp_path / "out"), *TINY, "SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "1",
+            "OUTPUT_DIR", str(tmp_path / "out"), *TINY_PRETRAIN, "SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "1",
             "SOLVER.BASE_LR", "1e12", "SOLVER.WARMUP_ITERS", "0", "TEST.EVAL_PERIOD", "0"]
-    result = subprocess.run([sys.executable, "tools/pretrain_net.py", "--config-file", CONFIG, *opts], cwd=ROOT,
+    result = subprocess.run([sys.executable, "tools/pretrain_net.py", "--config-file", PRETRAIN_DEMO, *opts], cwd=ROOT,
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 1

@@ -4,15 +4,10 @@ import json
 import os
 
 import pytest
-from test_lazy_configs import PAPER, TINY_C4, tiny
-from test_robustness import TINY
+from helpers import DEMO, PAPER, REPO, RETINANET, TINY, TINY_C4, tiny
 
 from ge_detectron.data import generate_shapes_split
 from ge_detectron.detection.cli import run_lazyconfig_train_net, run_train_net
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASTER_DEMO = os.path.join(REPO, "configs", "demo", "faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml")
-RETINANET = os.path.join(REPO, "configs", "retinanet_ge_r50_fpn.yaml")
 
 
 def users_dataset(root, name, num_images, seed, bad=False):
@@ -31,11 +26,12 @@ def users_dataset(root, name, num_images, seed, bad=False):
 YAML_OPTS = [*TINY, "MODEL.GE.NORM", "GN", "SOLVER.BASE_LR", "0.001", "SEED", "2"]
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_a_registered_dataset_with_bad_data(tmp_path):
     train = users_dataset(tmp_path, "my_train", 5, 20, bad=True)
     val = users_dataset(tmp_path, "my_val", 2, 21)
     out = tmp_path / "out"
-    run_train_net(["--config-file", FASTER_DEMO, "--register-coco", "my_train", *train, "--register-coco", "my_val",
+    run_train_net(["--config-file", DEMO, "--register-coco", "my_train", *train, "--register-coco", "my_val",
                    *val, *YAML_OPTS, "DATASETS.TRAIN", "('my_train',)", "DATASETS.TEST", "('my_val',)",
                    "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(out)])
     assert (out / "model_final.pth").exists()
@@ -46,6 +42,7 @@ def test_train_and_evaluate_a_registered_dataset_with_bad_data(tmp_path):
     assert (out / "inference" / "coco_instances_results.json").exists()
 
 
+@pytest.mark.slow
 def test_lazy_tool_trains_a_registered_dataset_with_bad_data(tiny_shapes, tmp_path):
     train = users_dataset(tmp_path, "my_lazy_train", 5, 22, bad=True)
     out = tmp_path / "out"
@@ -63,7 +60,7 @@ def test_lazy_tool_trains_a_registered_dataset_with_bad_data(tiny_shapes, tmp_pa
 def test_errors_before_training(case, tmp_path):
     mine = "mine_" + case.replace(" ", "_")  # registrations last for the process: a name per case
     json_file, image_root = users_dataset(tmp_path, mine, 2, 23)
-    config, opts = FASTER_DEMO, []
+    config, opts = DEMO, []
     if case == "missing json":
         json_file = str(tmp_path / "nope.json")
         message = f"cannot register COCO dataset '{mine}': the annotation file '{json_file}' does not exist."

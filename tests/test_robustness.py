@@ -13,74 +13,24 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.utils.env import seed_all_rng
 
+from helpers import DEMO, TINY, ToolRun, check_resumed_weights_equal_uninterrupted, shapes_root
+
 from ge_detectron.checkpoint import GECheckpointer
 from ge_detectron.data import InvalidDatasetError, generate_shapes_split
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.detection import DetectionTrainer as Trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-DEMO = os.path.join(REPO, "configs", "demo", "faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml")
-TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
-        "INPUT.MAX_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
-        "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
-        # a narrow R50 (about 1/16 of the widths): fast to build, train and checkpoint
-        "MODEL.RESNETS.NORM", "BN", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.WIDTH_PER_GROUP", "16",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FPN.NORM", "",
-        "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-        # At 64 px the E8 gathers of res3-res5 end in 1x1 maps: BN there would normalise each channel over the
-        # batch's 2 values, and its backward scales gradients by up to 1/sqrt(eps) ~ 316 per gather conv (the 2
-        # values equal when an unreadable image's replacement is the other image of the batch): inf in the stem.
-        "MODEL.GE.NORM", "FrozenBN"]
-
-
-def shapes_root(tmp_path, num_train=4, num_val=2):
-    """A tiny ge_shapes dataset where train_net (DETECTRON2_DATASETS=tmp_path) will look for it."""
-    root = tmp_path / "ge_shapes"
-    for split, num, seed in (("train", num_train, 0), ("val", num_val, 1)):
-        generate_shapes_split(str(root / split), str(root / f"{split}.json"), num, seed, image_size=64,
-                              min_side=12, max_side=30)
-    return root
-
-
-# Runs the script in argv[1] with the remaining arguments, its trainer SIGKILLing its own process after
-# the hooks (the checkpointer's among them) of iteration $KILL_AFTER_ITERATION: a kill at an exact point.
-KILLED_AFTER_ITERATION = """
-import os, runpy, signal, sys
-from ge_detectron.engine import GETrainer
-from detectron2.engine import HookBase
-
-class SigkillAfter(HookBase):
-    def after_step(self):
-        if self.trainer.iter == int(os.environ["KILL_AFTER_ITERATION"]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-build_hooks = GETrainer.build_hooks
-GETrainer.build_hooks = lambda self: build_hooks(self) + [SigkillAfter()]
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
-class TrainNet:
-    """tools/train_net.py in a subprocess whose output goes to a file (a pipe nobody reads would block it),
-    writing to tmp_path / out; with ``kill_after``, SIGKILLed after that iteration's checkpoint."""
+class TrainNet(ToolRun):
+    """tools/train_net.py on the demo config with TINY, writing to tmp_path / out, its data found in tmp_path;
+    with ``kill_after``, SIGKILLed after that iteration's checkpoint."""
 
     def __init__(self, tmp_path, *opts, resume=False, out="out", kill_after=None):
-        cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", DEMO]
-        cmd[1:1] = ["-c", KILLED_AFTER_ITERATION] if kill_after is not None else []
-        cmd += ["--resume"] if resume else []
-        cmd += [*TINY, "OUTPUT_DIR", str(tmp_path / out), *map(str, opts)]
-        self.log_path = tmp_path / f"train_net_{out}{'_resumed' if resume else ''}.log"
-        env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path), "KILL_AFTER_ITERATION": str(kill_after)}
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout=300):
-        self.proc.wait(timeout=timeout)
-        return self.proc.returncode, self.log_path.read_text()
+        args = ["--config-file", DEMO, *(["--resume"] if resume else []), *TINY, "OUTPUT_DIR", tmp_path / out, *opts]
+        super().__init__("tools/train_net.py", args, tmp_path / f"train_net_{out}{'_resumed' if resume else ''}.log",
+                         env={"DETECTRON2_DATASETS": str(tmp_path)}, kill_after=kill_after)
 
 
+@pytest.mark.slow
 def test_sigkill_after_first_checkpoint_then_resume_finishes(tmp_path):
     shapes_root(tmp_path)
     out = tmp_path / "out"
@@ -108,19 +58,7 @@ EXACT = ["SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 2, "SOLVER.WARMUP_ITE
          "DATASETS.TEST", "()", "SEED", 5]
 
 
-def check_resumed_weights_equal_uninterrupted(tmp_path):
-    """The final checkpoints of runs in tmp_path/uninterrupted and tmp_path/killed (killed after iteration 3,
-    resumed, 5 iterations in all) hold bit-identical weights, which differ from those at the kill; returns both."""
-    load = lambda path: torch.load(path, map_location="cpu", weights_only=True)  # noqa: E731
-    expected, resumed = (load(tmp_path / out / "model_final.pth") for out in ("uninterrupted", "killed"))
-    at_kill = load(tmp_path / "killed" / "model_0000003.pth")["model"]
-    assert expected["iteration"] == resumed["iteration"] == 5
-    assert expected["model"].keys() == resumed["model"].keys()
-    assert [k for k, v in expected["model"].items() if not torch.equal(v, resumed["model"][k])] == []
-    assert any(not torch.equal(v, at_kill[k]) for k, v in expected["model"].items())  # it trained after the kill
-    return expected, resumed
-
-
+@pytest.mark.slow
 def test_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
     shapes_root(tmp_path)
     returncode, log = TrainNet(tmp_path, *EXACT, out="uninterrupted").wait()
@@ -186,6 +124,7 @@ def tiny_train_cfg(tmp_path, train_name, iters=2, extra=()):
                                     "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.RESNETS.DEPTH", 50, *extra])
 
 
+@pytest.mark.slow
 def test_corrupt_images_and_bad_boxes_are_skipped_with_counts(tmp_path, caplog):
     edits = [[0, 0, 0, 10], [10, 10, -5, 8], [500, 500, 10, 10], [float("nan"), 1, 5, 5]]
     name = register_bad_dataset(tmp_path, "bad_train", corrupt_images=1, box_edits=edits)
@@ -206,6 +145,7 @@ def test_dataset_without_usable_boxes_is_a_clear_error(tmp_path):
         Trainer(tiny_train_cfg(tmp_path, name))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_detectron2_0_6s_trainer_resumes_with_a_warning_saying_what_is_lost(tmp_path, caplog):
     name = register_bad_dataset(tmp_path, "v06_checkpoint_train", corrupt_images=0)
     trainer = Trainer(tiny_train_cfg(tmp_path, name, iters=2))
@@ -228,6 +168,7 @@ def test_a_checkpoint_of_detectron2_0_6s_trainer_resumes_with_a_warning_saying_w
     assert resumed.iter == 3
 
 
+@pytest.mark.slow
 def test_temporary_files_left_by_a_kill_while_saving_are_removed_on_the_next_start(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -244,6 +185,7 @@ def test_temporary_files_left_by_a_kill_while_saving_are_removed_on_the_next_sta
     assert not left & set(stale) and set(kept) <= left
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(tmp_path):
     shapes_root(tmp_path)
     returncode, log = TrainNet(tmp_path, "SOLVER.MAX_ITER", 30, "SOLVER.CHECKPOINT_PERIOD", 1,
@@ -268,6 +210,7 @@ def run_losses(tmp_path, name, tag):
     return [v for v, _ in trainer.storage.history("total_loss").values()]
 
 
+@pytest.mark.slow
 def test_two_seeded_cpu_runs_give_identical_losses(tmp_path):
     name = register_bad_dataset(tmp_path, "determinism_train", corrupt_images=0)
     first, second = run_losses(tmp_path, name, "a"), run_losses(tmp_path, name, "b")

@@ -70,11 +70,13 @@ def compiled(tmp_path_factory):
     return {job: (name, ptx) for job, (name, _, ptx, _) in results.items()}
 
 
+@pytest.mark.slow
 @needs_triton
 def test_triton_kernels_compile_for_sm80_and_sm90(compiled):
     assert len(compiled) == len(excite_triton.specializations()) * len(ARCHS)
 
 
+@pytest.mark.slow
 @needs_triton
 @pytest.mark.parametrize("x_type", ["fp32", "bf16"])
 def test_triton_forward_uses_128_bit_loads_and_stores(compiled, x_type):
@@ -91,6 +93,7 @@ def test_triton_forward_uses_128_bit_loads_and_stores(compiled, x_type):
         assert len(re.findall(r"st\.global(?:\.\w+)*\.v4\.b32", ptx)) == vectors, name  # out
 
 
+@pytest.mark.slow
 @needs_triton
 def test_triton_backward_kernels_have_vector_paths(compiled):
     """The backward kernels' aligned paths (rows / bands / channels on 16-byte boundaries) load and store

@@ -1,5 +1,5 @@
 // The C++ CPU kernels' entry points, torch.ops.ge_detectron_cpu.*, and their input checks. The public
-// operators torch.ops.ge_detectron.* are defined in Python (ge_detectron/ops/excite.py), which calls
+// operators torch.ops.ge_detectron.* are defined in Python (ge_detectron/ops/excite_op.py), which calls
 // these from its CPU implementation; they have the public operators' schemas:
 //
 //   excite(x, g)                   = x * sigmoid(up(g))
