@@ -22,6 +22,7 @@ from ..checkpoint import GECheckpointer
 from ..config import detector_num_classes, get_ge_cfg
 from ..data import DatasetError, check_num_classes, prepare_datasets, register_coco_dataset
 from ..engine import train_or_evaluate, train_or_exit
+from ..export import ExportedPredictor
 from ..launch import check_device, check_launch_args, launch_from_args
 from .lazy import LazyTrainer, check_lazy_model, lazy_dataset_names, lazy_num_classes, lazy_test, load_lazy_config
 from .predictor import list_inputs, predictor_from_lazy, predictor_from_yaml, write_predictions
@@ -123,7 +124,9 @@ def predict_argument_parser():
         description="Run a trained detector on images; draw its detections (boxes, masks) on each.",
         epilog="Without MODEL.WEIGHTS (YAML) or train.init_checkpoint=... (LazyConfig) the last checkpoint "
                "that training with the config wrote to its output directory is used.")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="a YAML config or a LazyConfig (.py)")
+    parser.add_argument("--config-file", metavar="FILE", help="a YAML config or a LazyConfig (.py)")
+    parser.add_argument("--onnx", metavar="FILE", help="instead of --config-file: a model.onnx (or model.ts) of "
+                                                       "tools/export_model.py, run in ONNX Runtime (TorchScript)")
     parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
                         help="image files, directories (their images) or glob patterns (quote them)")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for one <input name>.png per input")
@@ -137,11 +140,16 @@ def predict_argument_parser():
 
 
 def run_predict(argv=None):
-    args = predict_argument_parser().parse_args(argv)
+    parser = predict_argument_parser()
+    args = parser.parse_args(argv)
+    if (args.config_file is None) == (args.onnx is None):
+        parser.error("give either --config-file or --onnx")
     try:
         register_datasets_from_args(args)
         files = list_inputs(args.input)
-        if args.config_file.endswith(".py"):
+        if args.onnx:
+            predictor = ExportedPredictor(args.onnx)
+        elif args.config_file.endswith(".py"):
             cfg = load_lazy_config(args.config_file, args.opts)
             given = [o.split("=", 1)[1] for o in args.opts if o.lstrip("+").startswith("train.init_checkpoint=")]
             check_device(cfg.train.device, "train.device")
