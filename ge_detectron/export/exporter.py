@@ -86,7 +86,11 @@ def export_predictor(predictor, fmt, output_dir, config, sample_image=None):
 
     image = sample_input(predictor, sample_image)
     adapter = tracing_adapter(predictor.model, image)
-    model_bytes = _trace(adapter, fmt)
+    try:
+        model_bytes = _trace(adapter, fmt)
+    except RuntimeError as e:  # the exporter's own errors (e.g. an operator ONNX has no translation for)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ExportError(f"the {fmt} exporter cannot export this model: {type(e).__name__}: {first}") from None
     foreign = foreign_operators(fmt, model_bytes)
     if foreign:
         raise ExportError(f"the {fmt} graph calls operators outside its standard set: {', '.join(foreign)}.")

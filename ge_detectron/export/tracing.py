@@ -37,8 +37,9 @@ def _instances_at_input_size(model, inputs):
 
 
 def tracing_adapter(model, image):
-    """detectron2's TracingAdapter of ``model`` (eval mode) on one resized (C, H, W) image tensor."""
-    return TracingAdapter(model.eval(), [{"image": image}], _instances_at_input_size)
+    """detectron2's TracingAdapter of ``model`` on one resized (C, H, W) image tensor, both in eval mode (the
+    ONNX exporter leaves a module in the mode it found it in, and the adapter's mode is the model's)."""
+    return TracingAdapter(model, [{"image": image}], _instances_at_input_size).eval()
 
 
 def augmentations_to_json(augmentations):
