@@ -69,7 +69,7 @@ def conditioned_weights(config_file, opts, path):
     """Random weights whose detections are well separated, saved to ``path``: each BN's statistics are
     those of its inputs on noise images (so features have unit scale instead of growing through the
     residual stages), and the classification layers are wider than detectron2's initialisation (std 0.01) so
-    that the scores and the proposal ranking do not hinge on float rounding. A model that detects nothing would compare nothing."""
+    that the scores and the proposal ranking do not hinge on float rounding, with biases towards foreground. A model that detects nothing would compare nothing."""
     torch.manual_seed(0)
     model = build(config_file, opts).eval()
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
@@ -84,6 +84,11 @@ def conditioned_weights(config_file, opts, path):
     for name, p in model.named_parameters():
         if name.endswith("weight") and any(k in name for k in ("cls_score", "cls_logits", "objectness_logits")):
             torch.nn.init.normal_(p, std=2 / p[0].numel() ** 0.5)  # logits of about twice the features' scale
+    for name, p in model.named_parameters():  # more foreground: the R-CNN background, RetinaNet's prior
+        if name.endswith("cls_score.bias"):
+            p.data[-1] = -2.0
+        elif name.endswith("cls_logits.bias"):
+            p.data.fill_(-2.0)
     model.eval()
     torch.save({"model": model.state_dict()}, path)
     return path
@@ -124,8 +129,7 @@ def matching(got_boxes, got_scores, got_classes, want_boxes, want_scores, want_c
 def check_same_detections(got, want):
     """Exported vs PyTorch: the same detections (classes; boxes within 0.01 px, scores within 1e-4); masks
     equal but for pixels at the 0.5 threshold (at most 0.2% of the mask pixels)."""
-    assert got.image_size == want.image_size
-    assert len(want) > 0 and len(got) == len(want)
+    assert tuple(map(int, got.image_size)) == tuple(map(int, want.image_size)) and len(got) == len(want)
     order = matching(got.pred_boxes.tensor, got.scores, got.pred_classes, want.pred_boxes.tensor, want.scores,
                      want.pred_classes)
     assert None not in order, f"{order.count(None)} of {len(want)} detections have no match"
@@ -181,8 +185,12 @@ def test_exported_detector_predicts_as_pytorch_at_other_sizes(case, exported, im
     ge = [m for m in eager.model.modules() if isinstance(m, GatherExcite)]
     assert (len(ge) > 0) == ("ge" in os.path.basename(config_file))
     deployed = ExportedPredictor(path)
+    found = 0
     for image in images:  # 64 x 64 is the traced size; the others resize to other sizes
-        check_same_detections(deployed(image), eager(image))
+        want = eager(image)
+        check_same_detections(deployed(image), want)
+        found += len(want)
+    assert found >= 10  # there is something to compare
 
 
 def test_onnx_files_hold_standard_operators_only_with_dynamic_height_and_width(exported):
@@ -212,7 +220,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("ge_detectron", "dete
 def test_torchscript_file_runs_in_a_process_without_ge_detectron_or_detectron2(exported, images, tmp_path):
     path, eager, _ = exported("faster_fpn_yaml_torchscript")
     deployed = ExportedPredictor(path)
-    image = torch.as_tensor(np.ascontiguousarray(images[2][:96, :96].transpose(2, 0, 1)))
+    image = torch.as_tensor(np.ascontiguousarray(images[3][:96, :128].transpose(2, 0, 1)))
     np.save(tmp_path / "image.npy", image.numpy())
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, path, str(tmp_path / "image.npy"),
@@ -221,7 +229,9 @@ def test_torchscript_file_runs_in_a_process_without_ge_detectron_or_detectron2(e
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
     fresh = deployed.outputs_schema(torch.load(tmp_path / "out.pt"))  # other threads: other rounding
-    check_same_detections(fresh, deployed.outputs_schema(deployed.run(image)))
+    here = deployed.outputs_schema(deployed.run(image))
+    assert len(here) > 0
+    check_same_detections(fresh, here)
 
 
 def test_predict_with_onnx_draws_and_writes_the_pytorch_predictors_results(exported, images, tmp_path):
@@ -308,7 +318,8 @@ def test_ge_module_traces_to_standard_operators_that_hold_at_other_sizes():
     records the reference (no ge_detectron node) and resizes the gate, so it holds where the gate is larger."""
     module = GatherExcite(3, variant="theta", extent=8, norm="FrozenBN", fused="on").eval()
     x, _, shortcut = operator_inputs(8, 8, 1, 1)
-    traced = torch.jit.trace(module, (x, shortcut))
+    with torch.no_grad():
+        traced = torch.jit.trace(module, (x, shortcut))
     assert not [n.kind() for n in traced.inlined_graph.nodes() if n.kind().startswith("ge_detectron")]
     for height, width, _, _ in OPERATOR_SIZES:
         x, _, shortcut = operator_inputs(height, width, 1, 1, seed=1)

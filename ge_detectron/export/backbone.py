@@ -21,11 +21,15 @@ def _dynamic_sizes(backbone, image, max_side):
 
 
 def export_backbone(backbone, image, max_side=2048):
-    """``torch.export.export`` of ``backbone`` (eval mode) on ``image`` (N, 3, H, W), H and W dynamic."""
-    return torch.export.export(backbone.eval(), (image,), dynamic_shapes=_dynamic_sizes(backbone, image, max_side))
+    """``torch.export.export`` of ``backbone`` (eval mode, without gradients: GE-θ gathers that will be
+    differentiated switch layouts, which would tie the graph to the example's sizes) on ``image``
+    (N, 3, H, W), H and W dynamic."""
+    with torch.no_grad():
+        return torch.export.export(backbone.eval(), (image,), dynamic_shapes=_dynamic_sizes(backbone, image, max_side))
 
 
 def export_backbone_onnx(backbone, image, max_side=2048):
     """``torch.onnx.export(dynamo=True)`` of the same: an ``ONNXProgram`` (``.save(path)``), H and W dynamic."""
-    return torch.onnx.export(backbone.eval(), (image,), dynamo=True, verbose=False,
-                             dynamic_shapes=_dynamic_sizes(backbone, image, max_side))
+    with torch.no_grad():
+        return torch.onnx.export(backbone.eval(), (image,), dynamo=True, verbose=False,
+                                 dynamic_shapes=_dynamic_sizes(backbone, image, max_side))
