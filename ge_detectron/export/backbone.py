@@ -10,13 +10,15 @@ __all__ = ["export_backbone", "export_backbone_onnx"]
 
 def _dynamic_sizes(backbone, image, max_side):
     """Dims for H and W of ``image``: multiples of the backbone's size divisibility (32 without FPN: the
-    deepest stride), up to ``max_side``."""
+    deepest stride) from 5 of them, up to ``max_side``. The graph is specialised to whether each gate is
+    1 wide (a size-1 dimension changes what is contiguous), measured: for E8 gates up to stride 128
+    (res4), so from 160 px no gate is 1 wide and every size in the range holds."""
     step = getattr(backbone, "size_divisibility", 0) or 32
     if image.shape[-2] % step or image.shape[-1] % step:
         raise ValueError(f"export_backbone: image of shape {tuple(image.shape)}: height and width must be "
                          f"multiples of the backbone's size divisibility {step}.")
-    height = torch.export.Dim("height_blocks", min=1, max=max_side // step)
-    width = torch.export.Dim("width_blocks", min=1, max=max_side // step)
+    height = torch.export.Dim("height_blocks", min=5, max=max_side // step)
+    width = torch.export.Dim("width_blocks", min=5, max=max_side // step)
     return {"x": {2: step * height, 3: step * width}}
 
 
