@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a trained detector to TorchScript or ONNX, with a model.json beside the model file that
+"""Export a trained detector to TorchScript or ONNX, with a JSON file (model.onnx.json) beside the model file that
 tools/predict.py --onnx (and any deployed code) reads for the preprocessing and the outputs:
 
     python tools/export_model.py --config-file configs/demo/faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml \\

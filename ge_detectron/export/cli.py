@@ -1,7 +1,6 @@
 """tools/export_model.py: a trained detector of a YAML config or a LazyConfig, its weights found as
 tools/predict.py finds them, exported to TorchScript or ONNX (``export_predictor``)."""
 import argparse
-import os
 import sys
 
 from ..config import get_ge_cfg
@@ -9,7 +8,7 @@ from ..detection.cli import CHECK_ERRORS, add_register_coco_argument, register_d
 from ..detection.lazy import load_lazy_config
 from ..detection.predictor import read_input, predictor_from_lazy, predictor_from_yaml
 from ..launch import check_device
-from .exporter import FORMATS, export_predictor
+from .exporter import FORMATS, export_predictor, spec_path
 
 __all__ = ["export_argument_parser", "predictor_from_config", "run_export"]
 
@@ -18,12 +17,12 @@ def export_argument_parser():
     parser = argparse.ArgumentParser(
         prog="export_model.py",
         description="Export a trained detector to TorchScript or ONNX: DIR/model.ts or DIR/model.onnx, and "
-                    "DIR/model.json (the input format, test resize, class names, output layout).",
+                    "DIR/model.onnx.json or model.ts.json (the input format, test resize, class names, output layout).",
         epilog="Without MODEL.WEIGHTS (YAML) or train.init_checkpoint=... (LazyConfig) the last checkpoint "
                "that training with the config wrote to its output directory is exported.")
     parser.add_argument("--config-file", required=True, metavar="FILE", help="a YAML config or a LazyConfig (.py)")
     parser.add_argument("--format", required=True, metavar="FORMAT", help=" or ".join(FORMATS))
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the model file and model.json")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the model file and its JSON file")
     parser.add_argument("--sample-image", metavar="IMG",
                         help="the image to trace with (best one with detections); default: a noise image")
     add_register_coco_argument(parser)
@@ -60,5 +59,5 @@ def run_export(argv=None):
         path = export_predictor(predictor, args.format, args.output, config, image)
     except CHECK_ERRORS as e:
         sys.exit(f"{parser.prog}: error: {e}")
-    print(f"wrote {path} and {os.path.basename(os.path.splitext(path)[0])}.json")
+    print(f"wrote {path} and {spec_path(path)}")
     return path

@@ -29,8 +29,9 @@ class ExportError(ValueError):
 
 
 def spec_path(model_path):
-    """The JSON file beside an exported model file: ``model.onnx`` -> ``model.json``."""
-    return os.path.splitext(model_path)[0] + ".json"
+    """The JSON file beside an exported model file: ``model.onnx`` -> ``model.onnx.json`` (one per format,
+    so both formats can share a folder)."""
+    return model_path + ".json"
 
 
 def sample_input(predictor, image=None):
@@ -72,7 +73,7 @@ def _score_threshold(model):
 
 
 def export_predictor(predictor, fmt, output_dir, config, sample_image=None):
-    """Write ``output_dir/model.ts`` (``fmt`` "torchscript") or ``model.onnx`` ("onnx") and ``model.json``;
+    """Write ``output_dir/model.ts`` (``fmt`` "torchscript") or ``model.onnx`` ("onnx") and ``model.onnx.json`` / ``model.ts.json``;
     ``config``: what to record of where the model came from (config file, overrides, weights). Returns the
     model file's path. Raises ExportError before tracing if ``output_dir`` cannot be written."""
     if fmt not in FORMATS:

@@ -41,7 +41,7 @@ def torchscript_runner(path):
 
 class ExportedPredictor:
     """Predicts like ``Predictor`` (``__call__(image) -> Instances`` at the image's size, ``draw``) with
-    the exported file ``path`` (.onnx or .ts) and the ``model.json`` beside it."""
+    the exported file ``path`` (.onnx or .ts) and the ``<file>.json`` beside it."""
 
     draw = Predictor.draw  # the PyTorch predictor's picture: needs image_format and metadata
 

@@ -46,7 +46,7 @@ def excite_reference(x, g):
     gate = torch.sigmoid(g)
     # a 1x1 gate broadcasts, which equals nearest resizing; torch.jit.trace would record that choice as a
     # constant, so a traced graph always resizes (and holds at sizes where the gate is not 1x1)
-    if gate.shape[-2:] != (1, 1) or torch.jit.is_tracing():
+    if torch.jit.is_tracing() or gate.shape[-2:] != (1, 1):
         gate = F.interpolate(gate, size=x.shape[-2:], mode="nearest")
     return x * gate.to(x.dtype)
 
