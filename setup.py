@@ -70,5 +70,5 @@ setup(
     # torch, torchvision and detectron2 are expected in the environment (see README: detectron2 is
     # not on PyPI under its own name); these are the light runtime dependencies.
     install_requires=["fvcore", "pycocotools", "faster-coco-eval", "opencv-python-headless", "tabulate"],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis"], "export": ["onnx", "onnxruntime", "onnxscript"]},
 )

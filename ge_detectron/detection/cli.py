@@ -5,6 +5,7 @@ import os
 import sys
 
 from ..engine import CHECK_ERRORS, run_training_tool
+from ..export.predictor import ExportedPredictor
 from .lazy import LazyTrainer
 from .predictor import build_predictor, list_inputs, write_predictions
 from .trainer import DetectionData, DetectionTrainer
@@ -25,7 +26,9 @@ def predict_argument_parser():
         description="Run a trained detector on images; draw its detections (boxes, masks) on each.",
         epilog="Without MODEL.WEIGHTS (YAML) or train.init_checkpoint=... (LazyConfig) the last checkpoint "
                "that training with the config wrote to its output directory is used.")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="a YAML config or a LazyConfig (.py)")
+    parser.add_argument("--config-file", metavar="FILE", help="a YAML config or a LazyConfig (.py)")
+    parser.add_argument("--onnx", metavar="FILE", help="instead of --config-file: a model.onnx (or model.ts) of "
+                                                       "tools/export_model.py, run in ONNX Runtime (TorchScript)")
     parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
                         help="image files, directories (their images) or glob patterns (quote them)")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for one <input name>.png per input")
@@ -39,11 +42,14 @@ def predict_argument_parser():
 
 
 def run_predict(argv=None):
-    args = predict_argument_parser().parse_args(argv)
+    parser = predict_argument_parser()
+    args = parser.parse_args(argv)
+    if (args.config_file is None) == (args.onnx is None):
+        parser.error("give either --config-file or --onnx")
     try:
         DetectionData.register_datasets(args)
         files = list_inputs(args.input)
-        predictor = build_predictor(args.config_file, args.opts)
+        predictor = ExportedPredictor(args.onnx) if args.onnx else build_predictor(args.config_file, args.opts)
         json_path = os.path.join(args.output, "predictions.json") if args.json else None
         write_predictions(predictor, files, args.output, args.score_threshold, json_path)
     except CHECK_ERRORS as e:

@@ -44,7 +44,9 @@ def extent_error(extent):
 def excite_reference(x, g):
     """``x * sigmoid(up(g))``: sigmoid in g's dtype (float32 under autocast), result in x's dtype."""
     gate = torch.sigmoid(g)
-    if gate.shape[-2:] != (1, 1):  # a 1x1 gate broadcasts, which equals nearest resizing
+    # a 1x1 gate broadcasts, which equals nearest resizing; torch.jit.trace would record that choice as a
+    # constant, so a traced graph always resizes (and holds at sizes where the gate is not 1x1)
+    if torch.jit.is_tracing() or gate.shape[-2:] != (1, 1):
         gate = F.interpolate(gate, size=x.shape[-2:], mode="nearest")
     return x * gate.to(x.dtype)
 
@@ -67,7 +69,10 @@ def excite_mlp(channels, reduction):
 def uses_fused_op(fused, device_type):
     """Whether GatherExcite with ``fused`` ("auto", "on", "off") calls the fused operator on tensors of
     ``device_type``: for "auto" where the operator has native kernels (Triton on CUDA, C++ on the CPU),
-    for "on" always, for "off" never."""
+    for "on" always, for "off" never; and never while torch.jit.trace records a graph, which then holds
+    the reference's standard operators rather than an operator only ge_detectron defines."""
+    if torch.jit.is_tracing():
+        return False
     return fused == "on" or (fused == "auto" and ops.native_kernels(device_type) is not None)
 
 

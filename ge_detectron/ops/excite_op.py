@@ -17,8 +17,16 @@ the fake kernel, and torch.compile traces into it, so it sees the Triton kernels
 ``wrap_triton``) on CUDA and keeps the C++ kernels as single nodes on the CPU. The two forward operators
 get their backward from the backward operators (``register_autograd``); double backward is not
 supported. Design notes: docs/excite_op.md.
+
+For export, each forward operator also has its definition in standard ATen ops registered as its
+CompositeImplicitAutograd kernel (``_definition``). Eager calls and torch.compile never run it (the
+operator's own kernels and autograd formula are registered directly, and take precedence); what runs it is
+decomposing a graph: ``ExportedProgram.run_decompositions()`` and ``torch.onnx.export(dynamo=True)``
+turn the operator into sigmoid, nearest resize, mul, add and relu. The TorchScript-based ONNX exporter
+gets the same ONNX operators from a symbolic (``_onnx_symbolic``). docs/export.md.
 """
 import torch
+import torch.nn.functional as F
 
 from . import excite_torch
 from .excite_inputs import check_backward, check_forward
@@ -143,3 +151,34 @@ def _excite_residual_grad(ctx, grad):
 
 _excite.register_autograd(_excite_grad, setup_context=_save_inputs)
 _excite_residual.register_autograd(_excite_residual_grad, setup_context=_save_residual)
+
+
+def _definition(x, g, shortcut=None):
+    """The forward operators in ATen ops, for decompositions. The gate is always resized with
+    F.interpolate's nearest rule (a 1 x 1 gate too, which that broadcasts), never branching on sizes, so a
+    graph exported with dynamic sizes holds at every size. Arithmetic in the opmath type, as the kernels."""
+    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    gate = F.interpolate(torch.sigmoid(g.to(opmath)), size=x.shape[-2:], mode="nearest")
+    out = x.to(opmath) * gate
+    if shortcut is not None:
+        out = torch.relu(out + shortcut.to(opmath))
+    return out.to(x.dtype)
+
+
+_DECOMPOSITIONS = torch.library.Library("ge_detectron", "FRAGMENT")
+_DECOMPOSITIONS.impl("excite", lambda x, g: _definition(x, g), "CompositeImplicitAutograd")
+_DECOMPOSITIONS.impl("excite_residual", _definition, "CompositeImplicitAutograd")
+
+
+def _onnx_symbolic(graph, x, g, shortcut=None):
+    """The TorchScript-based ONNX exporter's translation: Sigmoid, Resize (PyTorch's nearest: asymmetric
+    coordinates, floor) to x's shape, Mul, and for the residual form Add and Relu."""
+    empty = graph.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    gate = graph.op("Resize", graph.op("Sigmoid", g), empty, empty, graph.op("Shape", x), mode_s="nearest",
+                    coordinate_transformation_mode_s="asymmetric", nearest_mode_s="floor")
+    out = graph.op("Mul", x, gate)
+    return out if shortcut is None else graph.op("Relu", graph.op("Add", out, shortcut))
+
+
+for _name in ("excite", "excite_residual"):
+    torch.onnx.register_custom_op_symbolic(f"ge_detectron::{_name}", _onnx_symbolic, 16)

@@ -1,0 +1,68 @@
+"""``ExportedPredictor``: an exported detector (``model.onnx`` in ONNX Runtime, ``model.ts`` in TorchScript)
+with the PyTorch predictor's steps around it, from the JSON file beside it: the same image reading,
+test resize, rescaling to the input's size, mask pasting, drawing and COCO results (tools/predict.py
+--onnx). It builds no model and reads no config."""
+import json
+import os
+
+import torch
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+
+from ..detection.predictor import PredictError, Predictor
+from .exporter import spec_path
+from .schema import schema_from_json
+from .tracing import augmentations_from_json, detector_postprocess, model_input
+
+__all__ = ["ExportedPredictor", "onnx_runner", "torchscript_runner"]
+
+
+def onnx_runner(path):
+    """A function (C, H, W) uint8 tensor -> the graph's outputs as tensors, in ONNX Runtime on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda image: [torch.from_numpy(o) for o in session.run(None, {name: image.numpy()})]
+
+
+def torchscript_runner(path):
+    """The same for a TorchScript file (torchvision registers the roi_align and nms it calls)."""
+    import torchvision  # noqa: F401
+
+    module = torch.jit.load(path, map_location="cpu").eval()
+
+    def run(image):
+        with torch.no_grad():
+            return list(module(image))
+
+    return run
+
+
+class ExportedPredictor:
+    """Predicts like ``Predictor`` (``__call__(image) -> Instances`` at the image's size, ``draw``) with
+    the exported file ``path`` (.onnx or .ts) and the ``<file>.json`` beside it."""
+
+    draw = Predictor.draw  # the PyTorch predictor's picture: needs image_format and metadata
+
+    def __init__(self, path):
+        if not os.path.isfile(path):
+            raise PredictError(f"exported model not found: {path!r}.")
+        if not os.path.isfile(spec_path(path)):
+            raise PredictError(f"{spec_path(path)!r} is missing: it is written by tools/export_model.py beside "
+                               f"{os.path.basename(path)}; export the model again.")
+        with open(spec_path(path)) as f:
+            self.spec = json.load(f)
+        self.run = onnx_runner(path) if path.endswith(".onnx") else torchscript_runner(path)
+        self.augmentations = T.AugmentationList(augmentations_from_json(self.spec["test_resize"]))
+        self.image_format = self.spec["input"]["image_format"]
+        self.outputs_schema = schema_from_json(self.spec["outputs_schema"])
+        names, ids = self.spec["class_names"], self.spec["category_ids"]
+        self.metadata = Metadata(name=os.path.basename(path), thing_classes=names) if names else Metadata(name="unknown")
+        self.categories = list(zip(ids, names)) if ids else None
+
+    def __call__(self, image):
+        """``Instances`` of one HWC image in ``self.image_format``, at its size, on the CPU."""
+        height, width = image.shape[:2]
+        instances = self.outputs_schema(self.run(model_input(self.augmentations, image)))
+        return detector_postprocess(instances, height, width)
