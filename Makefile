@@ -11,7 +11,7 @@ DEMO_DIR ?= output/demo
 STAMP := $(VENV)/.ge_detectron_installed
 D2_SRC_RECORD := $(VENV)/.detectron2_src
 
-.PHONY: install demo test clean FORCE
+.PHONY: install demo test gpu-check clean FORCE
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_excite_triton.py  # the Triton kernels on the CPU
+
+# On a CUDA machine: the GPU check in at most 8 minutes, report in output/gpu_check/ (docs/benchmarks.md, GPU).
+gpu-check: install
+	$(PY) tools/gpu_check.py
 
 clean:
 	rm -rf build ge_detectron/_C*.so output

@@ -358,7 +358,8 @@ def main():
     path = args.json.format(device=args.device)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"device": device_name(args.device), "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+        json.dump({"device": device_name(args.device), "torch": torch.__version__,
+                   "date": datetime.date.today().isoformat(),
                    "threads": torch.get_num_threads(), "args": vars(args), "load_average": load, "results": rows,
                    "breakdown_ms": [{"model": n, "stage": s, "part": p, "mode": m, "ms": v}
                                     for (n, s, p, m), v in breakdown.items()]}, f, indent=1)

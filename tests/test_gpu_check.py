@@ -1,0 +1,133 @@
+"""tools/gpu_check.py: the step budgets (a step over its budget is killed with its children, the next
+one runs), the targets on hand-made results, the one line without a GPU, and the whole CPU quick run
+with the report's structure."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ge_detectron import gpu_check
+from ge_detectron.gpu_check import STEPS, TOTAL_BUDGET_S, Check, Step, run_step, targets
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP_NAMES = ["op_tests", "excite", "model", "train", "losses"]
+
+
+def test_the_gpu_budgets_fit_in_eight_minutes():
+    assert [s.name for s in STEPS] == STEP_NAMES
+    assert sum(s.budget_s for s in STEPS) <= TOTAL_BUDGET_S == 480
+
+
+def test_a_step_over_its_budget_is_killed_with_its_children(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    # the step starts a grandchild that would outlive a kill of the step's own process alone
+    script = ("import subprocess, sys, time; "
+              f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    step = Step("slow", "slow", 1, 1, lambda check: [sys.executable, "-c", script],
+                lambda check, log: {"ok": True})
+    start = time.monotonic()
+    record = run_step(step, Check("cpu", True, str(tmp_path)))
+    assert record["status"] == "timeout" and 1 <= record["seconds"] < 10 and time.monotonic() - start < 10
+    child = int(pid_file.read_text())
+    for _ in range(50):  # the kill is delivered; the grandchild (reparented) is reaped by init
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split(")")[1].split()[0] == "Z":
+                break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the step's child {child} outlived the step's budget")
+
+
+def test_a_failing_step_is_reported_and_its_results_kept(tmp_path):
+    step = Step("bad", "bad", 30, 30, lambda check: [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
+                lambda check, log: {"ok": "boom" in log})
+    record = run_step(step, Check("cpu", True, str(tmp_path)))
+    assert (record["status"], record["returncode"]) == ("fail", 3) and "boom" in record["log_tail"]
+    unreadable = Step("none", "none", 30, 30, lambda check: [sys.executable, "-c", "pass"],
+                      lambda check, log: json.load(open(check.path("missing.json"))))
+    record = run_step(unreadable, Check("cpu", True, str(tmp_path)))
+    assert record["status"] == "error" and "FileNotFoundError" in record["read_error"]
+
+
+def excite_row(extent, dtype, fwd_share, bwd_share, vs_timm, vs_compiled):
+    return {"map": "res2 b16", "extent": extent, "dtype": dtype, "layout": "nchw", "ms": {"both": 1.0},
+            "share_of_copy": {"forward": fwd_share, "backward": bwd_share, "both": 0.5},
+            "vs_eager": 1.5, "vs_timm": vs_timm, "vs_compiled": vs_compiled}
+
+
+def test_targets_on_hand_made_results():
+    results = {"excite": {"rows": [excite_row(8, "bfloat16", 0.91, 0.83, 2.4, 1.25),
+                                   excite_row(8, "bfloat16", 0.85, 0.79, 2.1, 1.19),
+                                   excite_row(0, "float32", 0.95, 0.9, 1.0, 0.5)]},  # not E8 bf16: no speed-up target
+               "model": {"rows": [{"model": "R50", "train_vs_r50": 1.0},
+                                  {"model": "GE-θ⁻ fused", "train_vs_r50": 1.04}]}}
+    got = {t["target"]: (t["value"], t["pass"]) for t in targets(results)}
+    assert list(got.values()) == [(0.85, True), (0.79, False), (2.1, True), (1.19, False), (1.04, True)]
+    assert all(t["pass"] is None and t["shown"] == "not measured" for t in targets({"excite": None, "model": None}))
+
+
+def test_without_a_gpu_one_line_and_exit_0(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and "no CUDA GPU" in out and not (tmp_path / "out").exists()
+
+
+def test_cpu_needs_quick(capsys):
+    with pytest.raises(SystemExit) as e:
+        gpu_check.parse_args(["--device", "cpu"])
+    assert e.value.code == 2 and "add --quick" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cpu_quick_run_writes_the_report_within_the_budgets(tmp_path):
+    out = tmp_path / "gpu_check"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "gpu_check.py"), "--device", "cpu", "--quick",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    steps = {s["name"]: s for s in report["steps"]}
+    assert list(steps) == STEP_NAMES
+    for s in steps.values():
+        assert s["status"] == "pass" and s["seconds"] <= s["budget_s"] == next(
+            st.quick_budget_s for st in STEPS if st.name == s["name"]), s
+    assert set(report["environment"]) >= {"date", "device", "driver", "torch", "triton", "detectron2"}
+
+    tests = steps["op_tests"]["result"]
+    assert tests["passed"] >= 2 and tests["failed"] == 0 and tests["failures"] == []
+    excite = steps["excite"]["result"]
+    assert excite["complete"] and excite["cases"] == excite["cases_done"] == 4 * 2 * 2 * 2  # stages, E, dtypes, layouts
+    raw = json.loads((out / "excite.json").read_text())["results"]
+    for row in excite["rows"]:  # the report's speed-ups are the benchmark's times
+        case = {r["impl"]: r["ms"]["both"] for r in raw if (r["shape"], r["extent"], r["dtype"], r["layout"]) ==
+                (row["map"], row["extent"], row["dtype"], row["layout"])}
+        assert row["vs_timm"] == pytest.approx(case["eager-timm"] / case["fused"]) and row["vs_compiled"] is None
+    model = steps["model"]["result"]
+    assert [r["model"] for r in model["rows"]] == ["R50", "GE-θ⁻ reference", "GE-θ⁻ fused", "GE-θ reference",
+                                                  "GE-θ fused"]
+    assert model["rows"][0]["train_vs_r50"] == 1.0 and {b["part"] for b in model["breakdown_ms"]} == {
+        "block", "ge", "gather", "convs", "tail"}
+    train = steps["train"]["result"]
+    assert train["timed_iterations"] >= 1 and train["iterations_per_s"] > 0 and 0 <= train["bbox_AP"] <= 100
+    losses = steps["losses"]["result"]
+    assert len(losses["fused"]) == len(losses["reference"]) == 2
+    assert all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(losses["fused"], losses["reference"]))
+    assert len(report["targets"]) == 5
+
+    md = (out / "report.md").read_text()
+    for heading in ("## Steps", "## Targets", "## Op tests", "## Excite operator",
+                    "## Model training step and inference", "## Demo training"):
+        assert heading in md
+    assert "none of its numbers is a GPU measurement" in md
+    assert md.count("| res") == 32 and "GE-θ fused |" in md
+    assert "GPU check on" in proc.stdout and f"wrote {out / 'report.md'}" in proc.stdout
