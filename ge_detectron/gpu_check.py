@@ -217,11 +217,11 @@ def fused_and_reference_losses(check):
 
 
 STEPS = [
-    Step("op_tests", "op tests (CUDA cases)", 75, 60, op_tests_command, op_tests_read, op_tests_env),
+    Step("op_tests", "op tests", 75, 60, op_tests_command, op_tests_read, op_tests_env),
     Step("excite", "excite benchmark", 165, 60, excite_command, excite_read),
-    Step("model", "model benchmark (AMP)", 60, 90, model_command, model_read),
+    Step("model", "model benchmark", 60, 90, model_command, model_read),
     # the demo's 200 iterations, with the generation of its 700 images on a fresh machine and the evaluation
-    Step("train", "demo training (AMP)", 105, 90, train_command, train_read, train_env),
+    Step("train", "demo training", 105, 90, train_command, train_read, train_env),
     Step("losses", "fused vs reference losses", 60, 90, losses_command, losses_read, train_env),
 ]
 assert sum(step.budget_s for step in STEPS) <= TOTAL_BUDGET_S
@@ -494,7 +494,11 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check.py: no CUDA GPU here: nothing to check (`--device cpu --quick` runs the path on the CPU)")
         return 0
-    report = run(check)
+    try:
+        report = run(check)
+    except OSError as e:
+        print(f"gpu_check.py: error: cannot write the report under --out {args.out}: {e}. Give a writable folder.")
+        return 2
     print(summary(report))
     print(f"wrote {check.path('report.md')} and {check.path('report.json')}")
     return 0 if all(s["status"] == "pass" for s in report["steps"]) else 1

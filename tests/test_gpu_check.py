@@ -82,7 +82,7 @@ def test_without_a_gpu_one_line_and_exit_0(monkeypatch, capsys, tmp_path):
     assert len(out.splitlines()) == 1 and "no CUDA GPU" in out and not (tmp_path / "out").exists()
 
 
-def test_cpu_needs_quick(capsys):
+def test_the_cpu_runs_only_the_tiny_path(capsys):
     with pytest.raises(SystemExit) as e:
         gpu_check.parse_args(["--device", "cpu"])
     assert e.value.code == 2 and "add --quick" in capsys.readouterr().err
@@ -131,3 +131,47 @@ def test_cpu_quick_run_writes_the_report_within_the_budgets(tmp_path):
     assert "none of its numbers is a GPU measurement" in md
     assert md.count("| res") == 32 and "GE-θ fused |" in md
     assert "GPU check on" in proc.stdout and f"wrote {out / 'report.md'}" in proc.stdout
+
+
+def test_the_cuda_run_asks_for_the_shapes_and_settings_of_the_issue(tmp_path):
+    check = Check("cuda", False, str(tmp_path))
+    commands = {s.name: s.command(check) for s in STEPS}
+    excite = " ".join(commands["excite"])
+    for part in ("--device cuda", "--no-c4", "--extents 8 0", "--dtypes bfloat16 float32",
+                 "--layouts nchw channels_last", "--batches 16", "--image 800x1216"):
+        assert part in excite, part
+    assert "--no-compile" not in excite  # benchmark_excite compiles the reference on CUDA by default
+    assert "--amp" in commands["model"] and "--device" in commands["model"]
+    assert commands["op_tests"][-3:] == ["tests/test_excite_triton.py", "-k", "cuda or test_excite_triton"]
+    assert STEPS[0].env(check) == {"GE_REQUIRE_TRITON": "1"}
+    train = commands["train"]
+    assert train[train.index("SOLVER.AMP.ENABLED") + 1] == "True" and train[train.index("MODEL.DEVICE") + 1] == "cuda"
+    assert "SOLVER.MAX_ITER" not in train  # the demo's own 200 iterations
+
+
+def test_report_of_a_cuda_run(tmp_path):
+    rows = [excite_row(8, "bfloat16", 0.9, 0.85, 2.5, 1.3)]
+    steps = [{"name": "op_tests", "title": "op tests", "status": "pass", "seconds": 40.0, "budget_s": 75, "log": "x",
+              "result": {"passed": 90, "failed": 1, "skipped": 0, "failures": ["tests/test_excite_op.py::test_x"]}},
+             {"name": "excite", "title": "excite", "status": "timeout", "seconds": 165.0, "budget_s": 165, "log": "x",
+              "result": {"copy_gbps": 2900.0, "cases": 32, "cases_done": 1, "complete": False, "rows": rows}},
+             {"name": "model", "title": "model", "status": "error", "seconds": 3.0, "budget_s": 60, "log": "m.log",
+              "result": None},
+             {"name": "train", "title": "train", "status": "pass", "seconds": 50.0, "budget_s": 105, "log": "x",
+              "result": {"timed_iterations": 197, "iterations_per_s": 12.5, "bbox_AP": 57.25, "last_total_loss": 0.5,
+                         "amp": True}},
+             {"name": "losses", "title": "losses", "status": "pass", "seconds": 30.0, "budget_s": 60, "log": "x",
+              "result": {"fused": [2.0, 1.9], "reference": [2.01, 1.9], "relative_diff": [0.005, 0.0], "rtol": 0.02}}]
+    report = {"environment": {"date": "2026-12-05 15:00 UTC", "device": "NVIDIA H100", "driver": "570.1",
+                              "torch": "2.14.1", "cuda": "13.0", "triton": "3.8.0", "detectron2": "0.6",
+                              "python": "3.11.7"},
+              "quick": False, "steps": steps, "seconds": 288.0,
+              "targets": targets({s["name"]: s["result"] for s in steps})}
+    md = gpu_check.markdown(report)
+    assert "# GPU check: NVIDIA H100" in md and "driver 570.1" in md and "not a GPU measurement" not in md
+    assert "| excite | timeout | 165.0 | 165 |" in md and "1 of 32 cases (stopped at its budget)" in md
+    assert "| res2 b16 | 8 | bfloat16 | nchw | 1.000 | 90% | 85% | 50% | 1.50x | 2.50x | 1.30x |" in md
+    assert "- failed: `tests/test_excite_op.py::test_x`" in md and "No result (error): see m.log." in md
+    assert "| 197 | 12.50 | 57.25 | 0.5000 |" in md and "| 0 | 2.000000 | 2.010000 | 5.00e-03 |" in md
+    assert "| fused fwd >= 80% of copy bandwidth (worst case) | 90% | yes |" in md
+    assert "| GE-θ⁻ fused train step <= 1.05x R50 | not measured | - |" in md

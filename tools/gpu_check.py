@@ -9,8 +9,12 @@ step under its own time budget; writes output/gpu_check/report.md and report.jso
 The steps, budgets and targets: ge_detectron/gpu_check.py.
 """
 import sys
+import warnings
 
-from ge_detectron.gpu_check import main
+# detectron2 0.6 scripts a few functions at import, which torch warns about: not this tool's output
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
+from ge_detectron.gpu_check import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
