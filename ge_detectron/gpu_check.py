@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -225,6 +226,9 @@ STEPS = [
     Step("losses", "fused vs reference losses", 60, 90, losses_command, losses_read, train_env),
 ]
 assert sum(step.budget_s for step in STEPS) <= TOTAL_BUDGET_S
+# what the steps write under --out (the generated --quick data is kept)
+PREVIOUS_OUTPUTS = ["report.md", "report.json", "op_tests.xml", "excite.json", "model.json", "train", "losses.json",
+                    "losses_fused_on", "losses_fused_off"]
 
 
 # ---- targets ------------------------------------------------------------------------------------------
@@ -350,6 +354,12 @@ def _nvidia_smi(field):
 def run(check):
     """Run every step, write report.json and report.md; the report's dict."""
     os.makedirs(check.out, exist_ok=True)
+    for name in PREVIOUS_OUTPUTS:  # a step that fails must not leave an earlier run's results to be read
+        path = check.path(name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
     if check.quick:
         prepare_quick_datasets(check)
     report = {"environment": environment(check.device), "quick": check.quick, "steps": []}
@@ -373,8 +383,8 @@ def run(check):
 
 # ---- the report ---------------------------------------------------------------------------------------
 
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+def _fmt(v, spec, unit=""):
+    return "-" if v is None else format(v, spec) + unit
 
 
 def markdown(report):
@@ -421,8 +431,8 @@ def _excite_section(step):
         lines.append(f"| {row['map']} | {row['extent'] or 'global'} | {row['dtype']} | {row['layout']} | "
                      f"{row['ms']['both']:.3f} | {share['forward']:.0%} | {share['backward']:.0%} | "
                      f"{share['both']:.0%} | "
-                     f"{_fmt(row['vs_eager'], '.2f')}x | {_fmt(row['vs_timm'], '.2f')}x | "
-                     f"{_fmt(row['vs_compiled'], '.2f')}x |")
+                     f"{_fmt(row['vs_eager'], '.2f', 'x')} | {_fmt(row['vs_timm'], '.2f', 'x')} | "
+                     f"{_fmt(row['vs_compiled'], '.2f', 'x')} |")
     return lines
 
 
