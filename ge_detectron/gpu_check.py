@@ -94,7 +94,8 @@ def op_tests_read(check, log):
 
 
 def op_tests_env(check):
-    return {} if check.quick else {"GE_REQUIRE_TRITON": "1"}
+    """On the GPU: triton required, and its kernels compiled for the GPU, not interpreted."""
+    return {} if check.quick else {"GE_REQUIRE_TRITON": "1", "TRITON_INTERPRET": "0"}
 
 
 # ---- excite -------------------------------------------------------------------------------------------

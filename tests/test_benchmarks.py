@@ -35,6 +35,7 @@ def benchmark_model():
     return module
 
 
+@pytest.mark.slow
 def test_breakdown_runs_the_blocks_own_modules(benchmark_model, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["benchmark_model.py", "--stages", "res4", "res5", "--device", "cpu",
                                       "--image", "64x96", "--batch", "2", "--no-calibrate-norms", *NARROW_R50])

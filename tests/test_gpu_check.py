@@ -143,7 +143,7 @@ def test_the_cuda_run_asks_for_the_shapes_and_settings_of_the_issue(tmp_path):
     assert "--no-compile" not in excite  # benchmark_excite compiles the reference on CUDA by default
     assert "--amp" in commands["model"] and "--device" in commands["model"]
     assert commands["op_tests"][-3:] == ["tests/test_excite_triton.py", "-k", "cuda or test_excite_triton"]
-    assert STEPS[0].env(check) == {"GE_REQUIRE_TRITON": "1"}
+    assert STEPS[0].env(check) == {"GE_REQUIRE_TRITON": "1", "TRITON_INTERPRET": "0"}
     train = commands["train"]
     assert train[train.index("SOLVER.AMP.ENABLED") + 1] == "True" and train[train.index("MODEL.DEVICE") + 1] == "cuda"
     assert "SOLVER.MAX_ITER" not in train  # the demo's own 200 iterations
