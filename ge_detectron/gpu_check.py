@@ -198,22 +198,26 @@ def fused_and_reference_losses(check):
 
     from ge_detectron.config import get_ge_cfg
     from ge_detectron.detection import DetectionTrainer
+    from ge_detectron.layers import GatherExcite, uses_fused_op
 
     iterations = LOSS_ITERATIONS[check.device]
-    losses = {}
+    losses, fused_modules = {}, {}
     for fused in ("on", "off"):
         cfg = get_ge_cfg(DEMO_CONFIG, train_opts(check) + [
             "MODEL.GE.FUSED", fused, "SOLVER.MAX_ITER", str(iterations), "DATASETS.TEST", "()", "SEED", "3",
             "INPUT.RANDOM_FLIP", "none", "OUTPUT_DIR", check.path(f"losses_fused_{fused}")])
         seed_all_rng(cfg.SEED)
         trainer = DetectionTrainer(cfg)
+        fused_modules[fused] = sum(uses_fused_op(m.fused, check.device) for m in trainer.model.modules()
+                                   if isinstance(m, GatherExcite))
         trainer.resume_or_load(resume=False)
         trainer.train()
         losses[fused] = [v for v, _ in trainer.storage.history("total_loss").values()]
     rtol = LOSS_RTOL[check.device]
     diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses["on"], losses["off"])]
     result = {"iterations": iterations, "fused": losses["on"], "reference": losses["off"], "relative_diff": diffs,
-              "rtol": rtol, "ok": len(diffs) == iterations and max(diffs) <= rtol}
+              "rtol": rtol, "fused_modules": fused_modules,  # GE modules on the fused operator, per run
+              "ok": len(diffs) == iterations and max(diffs) <= rtol and fused_modules["off"] == 0 < fused_modules["on"]}
     with open(check.path("losses.json"), "w") as f:
         json.dump(result, f, indent=1)
 
@@ -465,7 +469,9 @@ def _train_section(train, losses):
     lines += ["", "Fused against reference, the same seed (total loss per iteration):", ""]
     if r is None:
         return lines + [f"No result ({losses['status']}): see {losses['log']}."]
-    lines += [f"| iteration | fused | reference | relative difference (tolerance {r['rtol']:g}) |",
+    lines += [f"GE modules on the fused operator: {r['fused_modules']['on']} in the fused run, "
+              f"{r['fused_modules']['off']} in the reference run.", "",
+              f"| iteration | fused | reference | relative difference (tolerance {r['rtol']:g}) |",
               "| --- | --- | --- | --- |"]
     lines += [f"| {i} | {a:.6f} | {b:.6f} | {d:.2e} |"
               for i, (a, b, d) in enumerate(zip(r["fused"], r["reference"], r["relative_diff"]))]

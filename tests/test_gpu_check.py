@@ -121,6 +121,7 @@ def test_cpu_quick_run_writes_the_report_within_the_budgets(tmp_path):
     assert train["timed_iterations"] >= 1 and train["iterations_per_s"] > 0 and 0 <= train["bbox_AP"] <= 100
     losses = steps["losses"]["result"]
     assert len(losses["fused"]) == len(losses["reference"]) == 2
+    assert losses["fused_modules"] == {"on": 16, "off": 0}  # GE in the 16 blocks of res2..res5
     assert all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(losses["fused"], losses["reference"]))
     assert len(report["targets"]) == 5
 
@@ -161,7 +162,8 @@ def test_report_of_a_cuda_run(tmp_path):
               "result": {"timed_iterations": 197, "iterations_per_s": 12.5, "bbox_AP": 57.25, "last_total_loss": 0.5,
                          "amp": True}},
              {"name": "losses", "title": "losses", "status": "pass", "seconds": 30.0, "budget_s": 60, "log": "x",
-              "result": {"fused": [2.0, 1.9], "reference": [2.01, 1.9], "relative_diff": [0.005, 0.0], "rtol": 0.02}}]
+              "result": {"fused": [2.0, 1.9], "reference": [2.01, 1.9], "relative_diff": [0.005, 0.0], "rtol": 0.02,
+                         "fused_modules": {"on": 13, "off": 0}}}]
     report = {"environment": {"date": "2026-12-05 15:00 UTC", "device": "NVIDIA H100", "driver": "570.1",
                               "torch": "2.14.1", "cuda": "13.0", "triton": "3.8.0", "detectron2": "0.6",
                               "python": "3.11.7"},
@@ -173,5 +175,5 @@ def test_report_of_a_cuda_run(tmp_path):
     assert "| res2 b16 | 8 | bfloat16 | nchw | 1.000 | 90% | 85% | 50% | 1.50x | 2.50x | 1.30x |" in md
     assert "- failed: `tests/test_excite_op.py::test_x`" in md and "No result (error): see m.log." in md
     assert "| 197 | 12.50 | 57.25 | 0.5000 |" in md and "| 0 | 2.000000 | 2.010000 | 5.00e-03 |" in md
-    assert "| fused fwd >= 80% of copy bandwidth (worst case) | 90% | yes |" in md
+    assert "| fused fwd >= 80% of copy bandwidth (worst case) | 90% | yes |" in md and "13 in the fused run" in md
     assert "| GE-θ⁻ fused train step <= 1.05x R50 | not measured | - |" in md
