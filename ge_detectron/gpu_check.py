@@ -59,11 +59,12 @@ def _python(*args):
 
 class Step:
     """One step: ``command(check)`` is its argv, ``read(check, log)`` its results (a dict) from the files
-    it wrote and its log; ``budget_s`` its time budget on the GPU, ``quick_budget_s`` with --quick."""
+    it wrote (``outputs``, under --out) and its log; ``budget_s`` its time budget on the GPU,
+    ``quick_budget_s`` with --quick; ``env(check)`` what it adds to the environment."""
 
-    def __init__(self, name, title, budget_s, quick_budget_s, command, read, env=None):
+    def __init__(self, name, title, budget_s, quick_budget_s, command, read, outputs, env=None):
         self.name, self.title, self.budget_s, self.quick_budget_s = name, title, budget_s, quick_budget_s
-        self.command, self.read, self.env = command, read, env or (lambda check: {})
+        self.command, self.read, self.outputs, self.env = command, read, outputs, env or (lambda check: {})
 
     def budget(self, check):
         return self.quick_budget_s if check.quick else self.budget_s
@@ -223,17 +224,15 @@ def fused_and_reference_losses(check):
 
 
 STEPS = [
-    Step("op_tests", "op tests", 75, 60, op_tests_command, op_tests_read, op_tests_env),
-    Step("excite", "excite benchmark", 165, 60, excite_command, excite_read),
-    Step("model", "model benchmark", 60, 90, model_command, model_read),
+    Step("op_tests", "op tests", 75, 60, op_tests_command, op_tests_read, ["op_tests.xml"], op_tests_env),
+    Step("excite", "excite benchmark", 165, 60, excite_command, excite_read, ["excite.json"]),
+    Step("model", "model benchmark", 60, 90, model_command, model_read, ["model.json"]),
     # the demo's 200 iterations, with the generation of its 700 images on a fresh machine and the evaluation
-    Step("train", "demo training", 105, 90, train_command, train_read, train_env),
-    Step("losses", "fused vs reference losses", 60, 90, losses_command, losses_read, train_env),
+    Step("train", "demo training", 105, 90, train_command, train_read, ["train"], train_env),
+    Step("losses", "fused vs reference losses", 60, 90, losses_command, losses_read,
+         ["losses.json", "losses_fused_on", "losses_fused_off"], train_env),
 ]
 assert sum(step.budget_s for step in STEPS) <= TOTAL_BUDGET_S
-# what the steps write under --out (the generated --quick data is kept)
-PREVIOUS_OUTPUTS = ["report.md", "report.json", "op_tests.xml", "excite.json", "model.json", "train", "losses.json",
-                    "losses_fused_on", "losses_fused_off"]
 
 
 # ---- targets ------------------------------------------------------------------------------------------
@@ -356,10 +355,11 @@ def _nvidia_smi(field):
         return None
 
 
-def run(check):
-    """Run every step, write report.json and report.md; the report's dict."""
+def run(check, steps=STEPS):
+    """Run ``steps``, write report.json and report.md; the report's dict."""
     os.makedirs(check.out, exist_ok=True)
-    for name in PREVIOUS_OUTPUTS:  # a step that fails must not leave an earlier run's results to be read
+    # a step that fails must not leave an earlier run's results to be read (the generated --quick data is kept)
+    for name in ["report.md", "report.json"] + [name for step in steps for name in step.outputs]:
         path = check.path(name)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -369,9 +369,9 @@ def run(check):
         prepare_quick_datasets(check)
     report = {"environment": environment(check.device), "quick": check.quick, "steps": []}
     start = time.monotonic()
-    remaining = sum(step.budget(check) for step in STEPS)
-    for i, step in enumerate(STEPS, 1):
-        print(f"[{i}/{len(STEPS)}] {step.title}: budget {step.budget(check)} s; "
+    remaining = sum(step.budget(check) for step in steps)
+    for i, step in enumerate(steps, 1):
+        print(f"[{i}/{len(steps)}] {step.title}: budget {step.budget(check)} s; "
               f"{time.monotonic() - start:.0f} s elapsed, at most {remaining:.0f} s to go", flush=True)
         record = run_step(step, check)
         remaining -= step.budget(check)
@@ -406,8 +406,9 @@ def markdown(report):
     lines += ["", "## Targets", "", "| target | measured | pass |", "| --- | --- | --- |"]
     lines += [f"| {t['target']} | {t['shown']} | {'-' if t['pass'] is None else 'yes' if t['pass'] else 'NO'} |"
               for t in report["targets"]]
-    lines += _op_tests_section(steps["op_tests"]) + _excite_section(steps["excite"]) + _model_section(steps["model"])
-    lines += _train_section(steps["train"], steps["losses"])
+    for name, section in SECTIONS.items():
+        if name in steps:
+            lines += section(steps[name])
     return "\n".join(lines) + "\n"
 
 
@@ -448,27 +449,30 @@ def _model_section(step):
         return lines + [f"No result ({step['status']}): see {step['log']}."]
     lines += [f"Faster R-CNN R50-FPN, {r['batch']} images of {r['image']}, AMP {r['amp']}, median of {r['iters']} "
               "steps, the models taking turns.", "",
-              "| model (AMP) | train step ms | vs R50 | inference img/s | vs R50 |", "| --- | --- | --- | --- | --- |"]
+              "| model | train step ms | vs R50 | inference img/s | vs R50 |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {row['model']} | {row['train_step_ms']:.1f} | {row['train_vs_r50']:.3f} | "
               f"{row['inference_images_per_s']:.2f} | {row['inference_vs_r50']:.3f} |" for row in r["rows"]]
     return lines
 
 
-def _train_section(train, losses):
+def _train_section(step):
+    r = step["result"]
     lines = ["", "## Demo training", ""]
-    r = train["result"]
     if r is None:
-        lines.append(f"No result ({train['status']}): see {train['log']}.")
-    else:
-        lines += ["| config | AMP | timed iterations | iterations/s | box AP | last total loss |",
+        return lines + [f"No result ({step['status']}): see {step['log']}."]
+    return lines + ["| config | AMP | timed iterations | iterations/s | box AP | last total loss |",
                   "| --- | --- | --- | --- | --- | --- |",
                   f"| {os.path.relpath(DEMO_CONFIG, REPO)} | {r['amp']} | {r['timed_iterations']} | "
                   f"{r['iterations_per_s']:.2f} | "
                   f"{_fmt(r['bbox_AP'], '.2f')} | {_fmt(r['last_total_loss'], '.4f')} |"]
-    r = losses["result"]
-    lines += ["", "Fused against reference, the same seed (total loss per iteration):", ""]
+
+
+def _losses_section(step):
+    r = step["result"]
+    lines = ["", "## Fused against reference training", "",
+             "The demo config from the same seed, total loss per iteration.", ""]
     if r is None:
-        return lines + [f"No result ({losses['status']}): see {losses['log']}."]
+        return lines + [f"No result ({step['status']}): see {step['log']}."]
     lines += [f"GE modules on the fused operator: {r['fused_modules']['on']} in the fused run, "
               f"{r['fused_modules']['off']} in the reference run.", "",
               f"| iteration | fused | reference | relative difference (tolerance {r['rtol']:g}) |",
@@ -476,6 +480,10 @@ def _train_section(train, losses):
     lines += [f"| {i} | {a:.6f} | {b:.6f} | {d:.2e} |"
               for i, (a, b, d) in enumerate(zip(r["fused"], r["reference"], r["relative_diff"]))]
     return lines
+
+
+SECTIONS = {"op_tests": _op_tests_section, "excite": _excite_section, "model": _model_section,
+            "train": _train_section, "losses": _losses_section}
 
 
 def summary(report):
@@ -495,6 +503,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="tiny shapes, 1-2 iterations (the path, not the numbers)")
     p.add_argument("--out", default="output/gpu_check", help="folder of report.md, report.json and the logs")
+    p.add_argument("--only", nargs="+", choices=[s.name for s in STEPS], metavar="STEP",
+                   help=f"run only these steps (of {', '.join(s.name for s in STEPS)}), e.g. to rerun one")
     p.add_argument("--step", choices=["losses"], help=argparse.SUPPRESS)  # a step's own process
     args = p.parse_args(argv)
     if args.device == "cpu" and not args.quick:
@@ -512,7 +522,7 @@ def main(argv=None):
         print("gpu_check.py: no CUDA GPU here: nothing to check (`--device cpu --quick` runs the path on the CPU)")
         return 0
     try:
-        report = run(check)
+        report = run(check, [s for s in STEPS if args.only is None or s.name in args.only])
     except OSError as e:
         print(f"gpu_check.py: error: cannot write the report under --out {args.out}: {e}. Give a writable folder.")
         return 2

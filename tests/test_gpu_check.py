@@ -29,7 +29,7 @@ def test_a_step_over_its_budget_is_killed_with_its_children(tmp_path):
               f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
               f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
     step = Step("slow", "slow", 1, 1, lambda check: [sys.executable, "-c", script],
-                lambda check, log: {"ok": True})
+                lambda check, log: {"ok": True}, [])
     start = time.monotonic()
     record = run_step(step, Check("cpu", True, str(tmp_path)))
     assert record["status"] == "timeout" and 1 <= record["seconds"] < 10 and time.monotonic() - start < 10
@@ -49,13 +49,24 @@ def test_a_step_over_its_budget_is_killed_with_its_children(tmp_path):
 
 def test_a_failing_step_is_reported_and_its_results_kept(tmp_path):
     step = Step("bad", "bad", 30, 30, lambda check: [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
-                lambda check, log: {"ok": "boom" in log})
+                lambda check, log: {"ok": "boom" in log}, [])
     record = run_step(step, Check("cpu", True, str(tmp_path)))
     assert (record["status"], record["returncode"]) == ("fail", 3) and "boom" in record["log_tail"]
     unreadable = Step("none", "none", 30, 30, lambda check: [sys.executable, "-c", "pass"],
-                      lambda check, log: json.load(open(check.path("missing.json"))))
+                      lambda check, log: json.load(open(check.path("missing.json"))), ["missing.json"])
     record = run_step(unreadable, Check("cpu", True, str(tmp_path)))
     assert record["status"] == "error" and "FileNotFoundError" in record["read_error"]
+
+
+def test_a_run_reads_no_earlier_results_and_reports_only_its_steps(tmp_path):
+    (tmp_path / "excite.json").write_text('{"ok": true}')  # an earlier run's
+    step = Step("excite", "excite", 30, 30, lambda check: [sys.executable, "-c", "pass"],
+                lambda check, log: json.load(open(check.path("excite.json"))), ["excite.json"])
+    report = gpu_check.run(Check("cpu", False, str(tmp_path)), [step])
+    assert [s["status"] for s in report["steps"]] == ["error"]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Excite operator" in md and "No result (error)" in md and "## Op tests" not in md
+    assert json.loads((tmp_path / "report.json").read_text())["steps"][0]["name"] == "excite"
 
 
 def excite_row(extent, dtype, fwd_share, bwd_share, vs_timm, vs_compiled):
