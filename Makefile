@@ -12,7 +12,7 @@ DEMO_DIR ?= output/demo
 STAMP := $(VENV)/.ge_detectron_installed
 D2_SRC_RECORD := $(VENV)/.detectron2_src
 
-.PHONY: install demo test test-fast clean FORCE
+.PHONY: install demo test test-fast gpu-check clean FORCE
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ test: install
 # Everything but the tests marked slow (those that train or run a subprocess).
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+# On a CUDA machine: the GPU check in at most 8 minutes, report in output/gpu_check/ (docs/benchmarks.md, GPU).
+gpu-check: install
+	$(PY) tools/gpu_check.py
 
 clean:
 	rm -rf build ge_detectron/_C*.so output

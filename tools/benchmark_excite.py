@@ -21,6 +21,9 @@ grad, out, x, g, write grad_x, grad_shortcut, grad_g) over the time, for every i
     python tools/benchmark_excite.py --device cpu         # CPU defaults: batch 1 at 400x608, 10 runs
     python tools/benchmark_excite.py --batches 2 --runs 200 --json output/excite.json
     python tools/benchmark_excite.py --device cpu --threads 2 --thread-scaling   # 1 against 2 threads
+
+The JSON is rewritten after every case, so that a run stopped early leaves the cases it finished
+("complete": false). The timing harness is ge_detectron.benchmark's.
 """
 import argparse
 import ctypes
@@ -29,12 +32,13 @@ import json
 import math
 import os
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from ge_detectron import ops
+from ge_detectron.atomic import AtomicFile
+from ge_detectron.benchmark import Timer, device_name
 from ge_detectron.layers import excite_reference, excite_residual_reference
 
 STAGES = [("res2", 256, 4), ("res3", 512, 8), ("res4", 1024, 16), ("res5", 2048, 32)]
@@ -47,6 +51,8 @@ def parse_args():
                    help="the bottleneck tail relu(excite + shortcut) (what GE-ResNet runs) or the bare excite")
     p.add_argument("--image", help="input HxW of the FPN shapes (default 800x1216 on CUDA, 400x608 on CPU)")
     p.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 16 2 on CUDA, 1 on CPU)")
+    p.add_argument("--c4", action=argparse.BooleanOptionalAction, default=True,
+                   help="after the FPN shapes, the C4 res4 and res5-head shapes")
     p.add_argument("--c4-image", help="input HxW of the C4 res4 shape (default 800x1333 on CUDA, 400x667 on CPU)")
     p.add_argument("--rois", type=int, help="RoIs in the C4 res5 head's 7x7 shape (default 1024 on CUDA, 64 on CPU)")
     p.add_argument("--extents", type=int, nargs="+", default=[0, 8], help="0 = global")
@@ -90,9 +96,11 @@ def c4_res4(h, w):
 
 
 def shapes(args):
-    """(name, (N, C, H, W)): FPN res2..res5 per batch, then the C4 res4 and res5-head shapes."""
+    """(name, (N, C, H, W)): FPN res2..res5 per batch, then (with --c4) the C4 res4 and res5-head shapes."""
     H, W = size(args.image)
     out = [(f"{name} b{n}", (n, c, math.ceil(H / s), math.ceil(W / s))) for n in args.batches for name, c, s in STAGES]
+    if not args.c4:
+        return out
     h4, w4 = c4_res4(*size(args.c4_image))
     out.append((f"c4-res4 b{args.batches[-1]}", (args.batches[-1], 1024, h4, w4)))
     out.append((f"c4-res5-head {args.rois}rois", (args.rois, 2048, 7, 7)))
@@ -113,38 +121,6 @@ def fused(x, g, shortcut):
     return ops.excite(x, g) if shortcut is None else ops.excite_residual(x, g, shortcut)
 
 
-class Timer:
-    """Median time in ms of each of several functions over `runs` rounds after `warmup`. A round runs
-    every function once, each after a cache flush, so that all see the same background load."""
-
-    def __init__(self, device, runs, warmup, flush_mb):
-        self.device, self.runs, self.warmup = device, runs, warmup
-        self.flush = torch.empty(flush_mb * 2**20 // 4, dtype=torch.float32, device=device)
-
-    def __call__(self, fns):
-        for _ in range(self.warmup):
-            for fn in fns.values():
-                fn()
-        times = {name: [] for name in fns}
-        for _ in range(self.runs):
-            for name, fn in fns.items():
-                self.flush.zero_()
-                times[name].append(self._time(fn))
-        return {name: statistics.median(t) for name, t in times.items()}
-
-    def _time(self, fn):
-        if self.device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-
-
 def keep_freed_memory():
     """Make glibc keep freed blocks of up to 32 MiB for reuse instead of returning them to the OS. By
     default it unmaps large freed blocks, so every freshly allocated output page-faults on first touch,
@@ -162,7 +138,7 @@ def copy_bandwidth(timer, device):
     """GB/s of a device-to-device copy (read + write) of 256 MiB."""
     src = torch.randn(2**26, device=device)
     dst = torch.empty_like(src)
-    ms = timer({"copy": lambda: dst.copy_(src)})["copy"]
+    ms = timer.median({"copy": lambda: dst.copy_(src)})["copy"]
     return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
@@ -195,7 +171,7 @@ def measure(timer, impls, x, g, shortcut, grad, threads=None):
     threads = threads or {}
 
     def timed(fns):
-        return timer({impl: on_threads(threads.get(impl), fn) for impl, fn in fns.items()})
+        return timer.median({impl: on_threads(threads.get(impl), fn) for impl, fn in fns.items()})
 
     inputs = (x, g) if shortcut is None else (x, g, shortcut)
     leaves = {impl: [t.detach().requires_grad_() for t in inputs] for impl in impls}
@@ -234,54 +210,60 @@ def main():
         if device != "cpu":
             raise SystemExit("--thread-scaling measures the CPU kernels: use it with --device cpu")
         impls["fused-1t"], threads["fused-1t"] = fused, 1
-    name = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
+    name = device_name(device)
     print(f"{name} | torch {torch.__version__} | fused: {ops.native_kernels(device)} | {args.op} | "
           f"threads {torch.get_num_threads()} | "
           f"copy {copy_gbps:.1f} GB/s | median of {args.runs} runs | "
           f"glibc keeps freed memory: {args.keep_freed_memory}")
+    path = args.json.format(device=device)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    cases = [(label, size, extent, dtype_name, layout) for label, size in shapes(args) for extent in args.extents
+             for dtype_name in args.dtypes for layout in args.layouts]
     results = []
+
+    def write(complete):
+        """The results so far (a run stopped early leaves those of the cases it finished)."""
+        with AtomicFile(path) as f:
+            json.dump({"device": name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+                       "fused_kernels": ops.native_kernels(device),
+                       "op": args.op, "threads": torch.get_num_threads(), "copy_gbps": copy_gbps,
+                       "args": vars(args), "cases": len(cases), "complete": complete, "results": results}, f,
+                      indent=1)
+
     header = f"{'shape':<28}{'ext':>4} {'dtype':<9}{'layout':<14}{'impl':<11}" + "".join(
         f"{m + ' ms':>13}{'GB/s':>8}{'copy':>6}" for m in ("fwd", "bwd", "fwd+bwd")) + f"{'fused x':>9}"
     print(header)
     gen = torch.Generator(device=device).manual_seed(0)
-    for label, (N, C, H, W) in shapes(args):
-        for extent in args.extents:
-            h, w = (1, 1) if extent == 0 else (math.ceil(H / extent), math.ceil(W / extent))
-            for dtype_name in args.dtypes:
-                dtype = getattr(torch, dtype_name)
-                for layout in args.layouts:
-                    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for label, (N, C, H, W), extent, dtype_name, layout in cases:
+        h, w = (1, 1) if extent == 0 else (math.ceil(H / extent), math.ceil(W / extent))
+        dtype = getattr(torch, dtype_name)
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
-                    def rand(*shape):
-                        t = torch.randn(*shape, generator=gen, device=device, dtype=dtype)
-                        return t.contiguous(memory_format=fmt)
+        def rand(*shape):
+            t = torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+            return t.contiguous(memory_format=fmt)
 
-                    x, g, grad = rand(N, C, H, W), rand(N, C, h, w), rand(N, C, H, W)
-                    shortcut = rand(N, C, H, W) if residual else None
-                    fwd_bytes, bwd_bytes = traffic(x, g, residual)
-                    nbytes = {"forward": fwd_bytes, "backward": bwd_bytes, "both": fwd_bytes + bwd_bytes}
-                    rows = measure(timer, impls, x, g, shortcut, grad, threads)
-                    for impl, times in rows.items():
-                        gbps = {m: nbytes[m] / t / 1e6 for m, t in times.items()}
-                        speedup = times["both"] / rows["fused"]["both"]
-                        print(f"{label:<28}{extent:>4} {dtype_name:<9}{layout:<14}{impl:<11}" + "".join(
-                            f"{times[m]:>13.3f}{gbps[m]:>8.1f}{gbps[m] / copy_gbps:>6.0%}"
-                            for m in ("forward", "backward", "both")) + f"{speedup:>8.2f}x")
-                        results.append({"shape": label, "size": [N, C, H, W], "gate": [h, w], "extent": extent,
-                                        "dtype": dtype_name, "layout": layout, "impl": impl, "ms": times,
-                                        "gbps": gbps, "share_of_copy": {m: v / copy_gbps for m, v in gbps.items()},
-                                        "fused_speedup": {m: times[m] / rows["fused"][m] for m in times}})
-                    del x, g, grad, shortcut
-                    if device == "cuda":
-                        torch.cuda.empty_cache()
+        x, g, grad = rand(N, C, H, W), rand(N, C, h, w), rand(N, C, H, W)
+        shortcut = rand(N, C, H, W) if residual else None
+        fwd_bytes, bwd_bytes = traffic(x, g, residual)
+        nbytes = {"forward": fwd_bytes, "backward": bwd_bytes, "both": fwd_bytes + bwd_bytes}
+        rows = measure(timer, impls, x, g, shortcut, grad, threads)
+        for impl, times in rows.items():
+            gbps = {m: nbytes[m] / t / 1e6 for m, t in times.items()}
+            speedup = times["both"] / rows["fused"]["both"]
+            print(f"{label:<28}{extent:>4} {dtype_name:<9}{layout:<14}{impl:<11}" + "".join(
+                f"{times[m]:>13.3f}{gbps[m]:>8.1f}{gbps[m] / copy_gbps:>6.0%}"
+                for m in ("forward", "backward", "both")) + f"{speedup:>8.2f}x", flush=True)
+            results.append({"shape": label, "size": [N, C, H, W], "gate": [h, w], "extent": extent,
+                            "dtype": dtype_name, "layout": layout, "impl": impl, "ms": times,
+                            "gbps": gbps, "share_of_copy": {m: v / copy_gbps for m, v in gbps.items()},
+                            "fused_speedup": {m: times[m] / rows["fused"][m] for m in times}})
+        write(complete=False)
+        del x, g, grad, shortcut
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    write(complete=True)
     _summary(results)
-    path = args.json.format(device=device)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"device": name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-                   "fused_kernels": ops.native_kernels(device),
-                   "op": args.op, "threads": torch.get_num_threads(), "copy_gbps": copy_gbps,
-                   "args": vars(args), "results": results}, f, indent=1)
     print(f"wrote {path}")
 
 
@@ -297,13 +279,6 @@ def _summary(results):
         print(f"  {impl:<11} " + "  ".join(f"{m} {v:.2f}x" for m, v in means.items()) +
               f"   (fwd+bwd min {min(s['both'] for s in speedups):.2f}x)")
 
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "CPU"
 
 
 if __name__ == "__main__":

@@ -21,23 +21,24 @@ Times are taken in rounds; a round runs every model once, starting one model lat
 that background load on a shared machine hits all alike. The table gives the median over the rounds and
 the best (minimum) time: load only ever adds time, so on a shared machine the best is the closer
 estimate of an idle machine's time; the load average before and after is printed.
-The per-block breakdown then times each bottleneck block's parts on the inputs the block saw in a
-training step, the models taking turns in the same way: its convolutions (conv1 to conv3 and the
-shortcut), its gather, and its tail (the excite relu(x * sigmoid(up(g)) + shortcut), or relu(x + shortcut)
-without GE), for training (forward + backward) and inference (forward), summed over each stage's blocks.
+The per-block breakdown then times the real modules of each bottleneck block on the inputs they saw in
+a training step (captured by forward pre-hooks), the models taking turns in the same way: the block's
+forward, and in a GE block its GatherExcite module and that module's gather_logits; the tail (the excite
+relu(x * sigmoid(up(g)) + shortcut)) is GatherExcite - gather, the convolutions (conv1 to conv3 and the
+shortcut) block - GatherExcite. For training (forward + backward) and inference (forward), summed over
+each stage's blocks. The timing harness is ge_detectron.benchmark's.
 
     python tools/benchmark_model.py                   # CUDA: 2 images of 800x1216, 50 steps
     python tools/benchmark_model.py --device cpu      # CPU: 2 images of 224x320, 5 steps
+    python tools/benchmark_model.py --device cpu MODEL.RESNETS.DEPTH 101   # trailing config overrides
 """
 import argparse
 import datetime
 import json
 import os
 import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
 import ge_detectron  # noqa: F401  (compat fixes and registration before detectron2 is used)
 from detectron2 import model_zoo
@@ -49,9 +50,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from ge_detectron import add_ge_config
 from ge_detectron import ops
-from ge_detectron.layers import excite_residual_reference, uses_fused_op
-
-from benchmark_excite import cpu_name  # tools/ is on sys.path when this script runs
+from ge_detectron.benchmark import Timer, device_name, rotations
 
 # name, MODEL.GE.VARIANT, MODEL.GE.FUSED
 MODELS = [("R50", "none", "off"), ("GE-θ⁻ reference", "theta_minus", "off"), ("GE-θ⁻ fused", "theta_minus", "on"),
@@ -80,6 +79,7 @@ def parse_args():
                    help="after the breakdown, print torch.profiler's op tables of the GE models' gathers and tails")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--json", default="output/benchmark_model_{device}.json")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE pairs override every model's config")
     args = p.parse_args()
     cuda = args.device == "cuda"
     args.image = args.image or ("800x1216" if cuda else "224x320")
@@ -104,6 +104,7 @@ def build(variant, fused, args, batch):
     cfg.MODEL.GE.FUSED = fused
     cfg.MODEL.DEVICE = args.device
     cfg.SOLVER.BASE_LR = 0.0
+    cfg.merge_from_list(args.opts)
     torch.manual_seed(0)
     model = build_model(cfg)
     if args.calibrate_norms:
@@ -145,40 +146,6 @@ def inference_inputs(batch):
     return [{k: v for k, v in d.items() if k != "instances"} for d in batch]
 
 
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed_ms(fn, device):
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return (time.perf_counter() - t0) * 1e3
-
-
-def rotations(names, iters):
-    """`iters` orders of `names`, each starting one later than the one before."""
-    for i in range(iters):
-        k = i % len(names)
-        yield names[k:] + names[:k]
-
-
-def round_robin_ms(fns, iters, warmup, device):
-    """The ms of each call of each function over `iters` rounds after `warmup`. A round calls every
-    function once, starting one later each round, so that background load on a shared machine and the
-    caches left by the function before hit all alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for order in rotations(list(fns), iters):
-        for name in order:
-            times[name].append(timed_ms(fns[name], device))
-    return times
-
-
 def train_step_fn(model, optimizer, batch, args):
     scaler = torch.amp.GradScaler(args.device, enabled=args.amp)
 
@@ -212,20 +179,6 @@ def count_rois(model):
     return counts
 
 
-def block_parts(block, device):
-    """(part, function, names of its inputs) for the parts of one bottleneck block: convolutions, gather, tail."""
-    def convs(x):
-        out = F.relu_(block.conv1(x))
-        out = F.relu_(block.conv2(out))
-        return block.conv3(out), block.shortcut(x) if block.shortcut is not None else x
-
-    ge = getattr(block, "ge", None)
-    if ge is None:
-        return [("convs", convs, ["x"]), ("tail", lambda out, shortcut: F.relu_(out + shortcut), ["out", "shortcut"])]
-    excite = ops.excite_residual if uses_fused_op(ge.fused, device) else excite_residual_reference
-    return [("convs", convs, ["x"]), ("gather", ge.gather_logits, ["out"]), ("tail", excite, ["out", "g", "shortcut"])]
-
-
 def part_call(fn, inputs, params, mode, args):
     """A call of ``fn(*inputs)`` under the benchmark's autocast. Training: forward, then the gradients of
     the inputs and ``params`` that require them (none in a frozen stage) for fixed random gradients of the
@@ -248,18 +201,22 @@ def part_call(fn, inputs, params, mode, args):
 
 
 def block_part_calls(model, batch, args):
-    """{mode: [(stage, part, call)]} for the parts of every bottleneck block of the model's bottom-up
-    ResNet, on the inputs each block saw in a training forward, each input requiring gradients as there."""
+    """{mode: [(stage, part, call)]} for every bottleneck block of the model's bottom-up ResNet: the
+    block's own forward ("block") and, in a GE block, its GatherExcite module ("ge": gather and tail) and
+    that module's gather ("gather"), each on the inputs it saw in a training forward, each input
+    requiring gradients as there."""
     resnet = model.backbone.bottom_up
     blocks = [(name, block) for name, stage in zip(resnet.stage_names, resnet.stages) for block in stage]
     seen = {}
 
-    def keep_input(i):
-        def hook(module, inputs, output):
-            seen.setdefault(i, inputs[0])
+    def keep_inputs(key):
+        def hook(module, inputs):
+            seen.setdefault(key, inputs)
         return hook
 
-    hooks = [block.register_forward_hook(keep_input(i)) for i, (_, block) in enumerate(blocks)]
+    hooks = [block.register_forward_pre_hook(keep_inputs((i, "block"))) for i, (_, block) in enumerate(blocks)]
+    hooks += [block.ge.register_forward_pre_hook(keep_inputs((i, "ge")))
+              for i, (_, block) in enumerate(blocks) if getattr(block, "ge", None) is not None]
     model.train()
     with EventStorage(), torch.autocast(args.device, dtype=torch.float16, enabled=args.amp):
         model(batch)
@@ -267,42 +224,42 @@ def block_part_calls(model, batch, args):
         hook.remove()
     calls = {mode: [] for mode in MODES}
     for i, (stage, block) in enumerate(blocks):
-        parts = block_parts(block, args.device)
-        x = seen[i].detach().requires_grad_(seen[i].requires_grad)
-        with torch.no_grad(), torch.autocast(args.device, dtype=torch.float16, enabled=args.amp):
-            out, shortcut = parts[0][1](x)
-            tensors = {"x": x, "out": out, "shortcut": shortcut}
-            if len(parts) == 3:
-                tensors["g"] = parts[1][1](out)
-        params = list(block.parameters())
-        trains = x.requires_grad or any(p.requires_grad for p in params)
-        for name in ("out", "g") + (() if shortcut is x else ("shortcut",)):
-            if name in tensors:
-                tensors[name].requires_grad_(trains)
-        for part, fn, names in parts:
+        parts = [("block", block, seen[i, "block"], list(block.parameters()))]
+        if (i, "ge") in seen:
+            ge = block.ge
+            parts += [("ge", ge, seen[i, "ge"], list(ge.parameters())),
+                      ("gather", ge.gather_logits, seen[i, "ge"][:1], list(ge.parameters()))]
+        for part, fn, inputs, params in parts:
+            leaves = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
             for mode in MODES:
-                calls[mode].append((stage, part, part_call(fn, [tensors[n] for n in names], params, mode, args)))
+                calls[mode].append((stage, part, part_call(fn, leaves, params, mode, args)))
     return calls
 
 
-def breakdown_ms(built, calls, args):
+def breakdown_ms(built, calls, timer, args):
     """{(model, stage, part, mode): ms per step}: the median over rounds of the part's time summed over the
-    stage's blocks, for ``calls[model]`` from block_part_calls. A round runs all parts of one model, then
-    of the next, starting one model later each round, as the whole steps do."""
+    stage's blocks, for ``calls[model]`` from block_part_calls; then, for GE blocks, "convs" = block - ge
+    (conv1 to conv3 and the shortcut) and "tail" = ge - gather (the excite relu(x * sigmoid(up(g)) +
+    shortcut)). A round runs all parts of one model, then of the next, starting one model later each
+    round, as the whole steps do."""
     result = {}
     for mode in MODES:
         for model, _ in built.values():
             model.train(mode == "train")
         rounds = {}
-        for i, order in enumerate(rotations(list(built), args.breakdown_iters + 1)):
+        for i, order in enumerate(rotations(built, args.breakdown_iters + 1)):
             for name in order:
                 sums = {}
                 for stage, part, call in calls[name][mode]:
-                    sums[stage, part] = sums.get((stage, part), 0.0) + timed_ms(call, args.device)
+                    sums[stage, part] = sums.get((stage, part), 0.0) + timer.ms(call)
                 if i:  # the first round warms up
                     for key, ms in sums.items():
                         rounds.setdefault((name, *key, mode), []).append(ms)
         result.update({key: STATISTICS[args.breakdown_stat](ms) for key, ms in rounds.items()})
+    for (name, stage, part, mode), ms in list(result.items()):
+        if part == "ge":
+            result[name, stage, "convs", mode] = result[name, stage, "block", mode] - ms
+            result[name, stage, "tail", mode] = ms - result[name, stage, "gather", mode]
     return result
 
 
@@ -322,7 +279,8 @@ def print_profiles(built, calls, args):
                 for _ in range(args.breakdown_iters):
                     for call in part_calls:
                         call()
-                    sync(args.device)
+                    if args.device == "cuda":
+                        torch.cuda.synchronize()
             print(f"\n{name}: the {part} of every block, forward + backward, {args.breakdown_iters} rounds "
                   f"(divide the totals by {args.breakdown_iters} for one step)")
             print(prof.key_averages().table(sort_by=sort_by, row_limit=15))
@@ -330,18 +288,17 @@ def print_profiles(built, calls, args):
 
 def print_breakdown(breakdown, names, args):
     stages = list(dict.fromkeys(stage for _, stage, _, _ in breakdown))
-    columns = [(part, mode) for part in ("convs", "gather", "tail", "sum") for mode in MODES]
+    columns = [(part, mode) for part in ("convs", "gather", "tail", "block") for mode in MODES]
 
     def cell(name, stage, part, mode):
-        ms = [v for (n, s, p, m), v in breakdown.items()
-              if n == name and m == mode and stage in (s, "all") and part in (p, "sum")]
+        ms = [v for (n, s, p, m), v in breakdown.items() if (n, p, m) == (name, part, mode) and stage in (s, "all")]
         width = 14 if mode == "train" else 8
         return f"{sum(ms):>{width}.1f}" if ms else f"{'-':>{width}}"
 
     print(f"\nper-block breakdown: ms per step, each stage's blocks summed, {args.breakdown_stat} of "
-          f"{args.breakdown_iters} rounds; "
-          "train = forward + backward, infer = forward;\ntail = relu(excite + shortcut), or relu(x + shortcut) "
-          "without GE; sum = convs + gather + tail")
+          f"{args.breakdown_iters} rounds; train = forward + backward, infer = forward;\n"
+          "block = the block's forward; in GE blocks gather = GatherExcite.gather_logits, "
+          "tail = GatherExcite - gather, convs = block - GatherExcite")
     print(f"{'model':<18}{'stage':<7}" + "".join(f"{p + ' train':>14}" if m == "train" else f"{'infer':>8}"
                                              for p, m in columns))
     for name in names:
@@ -358,20 +315,18 @@ def main():
         print(f"the fused operator has no {args.device} kernels ({ops.unavailable_reason(args.device)}): "
               "fused models skipped")
     batch = synthetic_batch(args)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
+    timer = Timer(args.device, args.iters, args.warmup)
     load = [os.getloadavg()]
-    print(f"{device_name} | torch {torch.__version__} | {args.batch} x {args.image} | AMP {args.amp} | "
+    print(f"{device_name(args.device)} | torch {torch.__version__} | {args.batch} x {args.image} | AMP {args.amp} | "
           f"threads {torch.get_num_threads()} | GE extent {args.extent} in {', '.join(args.stages)} | "
           f"frozen norms {'calibrated' if args.calibrate_norms else 'identity'} | {args.iters} rounds, "
           f"the models taking turns | load average {load[0][0]:.2f}")
     built = {name: build(variant, fused, args, batch) for name, variant, fused in models}
     rois = {name: count_rois(model) for name, (model, _) in built.items()}
     with EventStorage():  # detectron2's training losses log to it
-        train = round_robin_ms({name: train_step_fn(m, opt, batch, args) for name, (m, opt) in built.items()},
-                               args.iters, args.warmup, args.device)
+        train = timer.times({name: train_step_fn(m, opt, batch, args) for name, (m, opt) in built.items()})
     train_rois = {name: counts[-1] for name, counts in rois.items()}
-    infer = round_robin_ms({name: inference_fn(m, batch, args) for name, (m, _) in built.items()},
-                           args.iters, args.warmup, args.device)
+    infer = timer.times({name: inference_fn(m, batch, args) for name, (m, _) in built.items()})
     load.append(os.getloadavg())
     rows = []
     for name, variant, fused in models:
@@ -394,7 +349,7 @@ def main():
     breakdown = {}
     if args.breakdown_iters:
         calls = {name: block_part_calls(model, batch, args) for name, (model, _) in built.items()}
-        breakdown = breakdown_ms(built, calls, args)
+        breakdown = breakdown_ms(built, calls, timer, args)
         print_breakdown(breakdown, list(built), args)
         load.append(os.getloadavg())
         print(f"load average (1 min) {load[-1][0]:.2f} after the breakdown")
@@ -403,7 +358,8 @@ def main():
     path = args.json.format(device=args.device)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"device": device_name, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+        json.dump({"device": device_name(args.device), "torch": torch.__version__,
+                   "date": datetime.date.today().isoformat(),
                    "threads": torch.get_num_threads(), "args": vars(args), "load_average": load, "results": rows,
                    "breakdown_ms": [{"model": n, "stage": s, "part": p, "mode": m, "ms": v}
                                     for (n, s, p, m), v in breakdown.items()]}, f, indent=1)
