@@ -15,6 +15,9 @@ another thing: parameter and FLOP counts.)
 import contextlib
 import json
 import os
+import pickle
+import re
+import tempfile
 import time
 
 import torch
@@ -26,6 +29,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from .checkpoint import load_weights
 from .layers import GatherExcite
 from .modeling.classifier import build_ge_classifier
+from .pretrain.convert import detect_format, load_state_dict, torchvision_to_detectron2
 from .pretrain.task import ClassificationTask
 
 __all__ = ["AnalysisError", "class_selectivity", "ClassMeans", "channel_gates", "gate_logits_module",
@@ -263,9 +267,27 @@ def collect_statistics(model, batches, num_classes, blocks, ge_modules, bins=50)
             "gate_histograms": histograms, "gate_means": {name: m.means() for name, m in gate_means.items()}}
 
 
+@contextlib.contextmanager
+def _torchvision_as_pretraining_checkpoint(path):
+    """``path``, or for a torchvision ResNet state_dict a temporary copy under our classifier's names."""
+    try:
+        state_dict = load_state_dict(path) if path.endswith(".pth") and os.path.isfile(path) else {}
+    except pickle.UnpicklingError:  # not tensors only (e.g. a pretraining checkpoint with its trainer state)
+        state_dict = {}
+    if detect_format(state_dict) != "torchvision":
+        yield path
+        return
+    renamed = torchvision_to_detectron2({re.sub(r"^module\.", "", k): v for k, v in state_dict.items()})
+    with tempfile.TemporaryDirectory() as folder:
+        copy = os.path.join(folder, "torchvision.pth")
+        torch.save({"model": {f"classifier.resnet.{k}": v for k, v in renamed.items()}}, copy)
+        yield copy
+
+
 def load_classifier(cfg, allow_missing_head=False):
     """``build_ge_classifier(cfg)`` with the weights of ``cfg.MODEL.WEIGHTS`` (a tools/pretrain_net.py
-    checkpoint, or a converted .pkl: detectron2's name matching), or when that is empty of
+    checkpoint, a torchvision ResNet state_dict (.pth, renamed as tools/convert_weights.py does, keeping
+    ``fc`` as the classifier layer), or a converted .pkl: detectron2's name matching), or when that is empty of
     ``OUTPUT_DIR/model_final.pth`` (where tools/pretrain_net.py leaves them), in eval mode on
     ``cfg.MODEL.DEVICE``. Raises AnalysisError when the weights are missing or do not fit the architecture
     (a missing or mis-shaped tensor, an extra tensor), except that with ``allow_missing_head`` the linear
@@ -278,7 +300,8 @@ def load_classifier(cfg, allow_missing_head=False):
     classifier = build_ge_classifier(cfg)
     task = ClassificationTask(classifier)  # the module tools/pretrain_net.py checkpoints
     try:
-        incompatible = load_weights(task, weights)
+        with _torchvision_as_pretraining_checkpoint(weights) as path:
+            incompatible = load_weights(task, path)
     except Exception as e:  # torch.load / pickle errors of a file that is not a checkpoint
         raise AnalysisError(f"the weights {weights!r} cannot be read as a checkpoint: {type(e).__name__}: {e}")
     head = "classifier.resnet.linear."

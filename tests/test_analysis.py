@@ -152,6 +152,33 @@ def test_prune_order_asc_and_des_hand_worked(fused):
             torch.testing.assert_close(ge(x, shortcut), expected)
 
 
+def test_load_classifier_takes_a_torchvision_state_dict(tmp_path):
+    """A torchvision ResNet-50 state_dict (random weights, non-trivial norm statistics) loaded into the
+    "none" classifier of configs/pretrain/r50_none.yaml gives torchvision's logits; into a GE config it
+    does not fit (the GE parameters are missing)."""
+    import torchvision
+
+    from ge_detectron.analysis import AnalysisError, load_classifier
+
+    reference = torchvision.models.resnet50().eval()
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    path = str(tmp_path / "resnet50.pth")
+    torch.save(reference.state_dict(), path)
+    overrides = ["MODEL.WEIGHTS", path, "MODEL.DEVICE", "cpu", "MODEL.GE.FUSED", "off"]
+    model = load_classifier(get_pretrain_cfg(os.path.join(REPO, "configs", "pretrain", "r50_none.yaml"), overrides))
+    x = images(2, 64)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        expected = reference((x / 255 - mean[:, None, None]) / std[:, None, None])
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(AnalysisError, match="missing"):
+        load_classifier(get_pretrain_cfg(os.path.join(REPO, "configs", "pretrain", "r50_theta.yaml"), overrides))
+
+
 # --- the tool -----------------------------------------------------------------------------------------------
 
 
