@@ -33,7 +33,8 @@ from .pretrain.convert import detect_format, load_state_dict, torchvision_to_det
 from .pretrain.task import ClassificationTask
 
 __all__ = ["AnalysisError", "class_selectivity", "ClassMeans", "channel_gates", "gate_logits_module",
-           "record_block_outputs", "record_gates", "prune_by_gate", "remove_residual_branch", "bottleneck_blocks",
+           "record_block_outputs", "record_gates", "pruned_channels", "prune_by_gate", "remove_residual_branch",
+           "bottleneck_blocks",
            "Progress", "top1_accuracy", "collect_statistics", "load_classifier", "image_folder_loader",
            "PRUNE_ORDERS", "PARTS", "ge_blocks", "analyze_features", "plot_selectivity", "plot_pruning",
            "plot_gates", "save_results"]
@@ -295,15 +296,16 @@ def load_classifier(cfg, allow_missing_head=False):
     the top-1 is not)."""
     weights = cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if "://" not in weights and not os.path.isfile(weights):
-        raise AnalysisError(f"no weights at {weights!r}: set MODEL.WEIGHTS to the classifier checkpoint "
-                            "(tools/pretrain_net.py writes OUTPUT_DIR/model_final.pth, read when MODEL.WEIGHTS is empty).")
+        raise AnalysisError(f"no weights at {weights!r}: set MODEL.WEIGHTS to the classifier checkpoint (tools/"
+                            "pretrain_net.py writes OUTPUT_DIR/model_final.pth, read when MODEL.WEIGHTS is empty).")
     classifier = build_ge_classifier(cfg)
     task = ClassificationTask(classifier)  # the module tools/pretrain_net.py checkpoints
     try:
         with _torchvision_as_pretraining_checkpoint(weights) as path:
             incompatible = load_weights(task, path)
     except Exception as e:  # torch.load / pickle errors of a file that is not a checkpoint
-        raise AnalysisError(f"the weights {weights!r} cannot be read as a checkpoint: {type(e).__name__}: {e}")
+        raise AnalysisError(f"the weights {weights!r} cannot be read as a checkpoint ({type(e).__name__}): give a "
+                            "tools/pretrain_net.py checkpoint, a torchvision state_dict or a converted .pkl.") from e
     head = "classifier.resnet.linear."
     missing = [k for k in incompatible.missing_keys if not (allow_missing_head and k.startswith(head))]
     problems = []
@@ -409,7 +411,8 @@ def analyze_features(model, loader, class_names, *, compare=None, stage="res4", 
     if compare is not None:
         _block_names(compare.resnet, stage, blocks, "blocks of the comparison model")
         if "pruning" in parts:
-            _block_names(compare.resnet, stage, [int(n.split(".")[1]) for n in pruned], "prune blocks of the comparison")
+            _block_names(compare.resnet, stage, [int(n.split(".")[1]) for n in pruned],
+                         "prune blocks of the comparison")
     inner_ratios = [r for r in prune_ratios if 0 < r < 1] if "pruning" in parts else []
     full_ratio = "pruning" in parts and 1 in prune_ratios
     compare_stats = compare is not None and bool({"selectivity", "pruning"} & set(parts))
@@ -452,7 +455,8 @@ def analyze_features(model, loader, class_names, *, compare=None, stage="res4", 
             entry = {"ratios": list(prune_ratios), **curve}
             if compare is not None:
                 with remove_residual_branch(bottleneck_blocks(compare.resnet, stage)[name]):
-                    removed = top1_accuracy(compare, progress.wrap(loader, f"comparison without {name}'s residual branch"))
+                    removed = top1_accuracy(compare, progress.wrap(
+                        loader, f"comparison without {name}'s residual branch"))
                 entry["compare"] = {"ratios": [0.0, 1.0], "top1": [compare_stats["top1"], removed]}
             results["pruning"][name] = entry
     if "gates" in parts:
@@ -512,10 +516,12 @@ def plot_pruning(results, path):
     pruning = results["pruning"]
     fig, axes = plt.subplots(1, len(pruning), figsize=(3.6 * len(pruning), 3.0), squeeze=False)
     for ax, (name, entry) in zip(axes[0], pruning.items()):
-        ax.plot(entry["ratios"], entry["asc"], "o-", color="tab:blue", label=f"{labels['model']}, asc (least important first)")
-        ax.plot(entry["ratios"], entry["des"], "s-", color="tab:red", label=f"{labels['model']}, des (most important first)")
+        for order, style, color, meaning in (("asc", "o-", "tab:blue", "least"), ("des", "s-", "tab:red", "most")):
+            ax.plot(entry["ratios"], entry[order], style, color=color,
+                    label=f"{labels['model']}, {order} ({meaning} important first)")
         if "compare" in entry:
-            ax.plot(entry["compare"]["ratios"], entry["compare"]["top1"], "D--", color="tab:gray", label=labels["compare"])
+            ax.plot(entry["compare"]["ratios"], entry["compare"]["top1"], "D--", color="tab:gray",
+                    label=labels["compare"])
         ax.set_title(f"pruning the residual branch of {name}", fontsize=9)
         ax.set_xlabel("prune ratio", fontsize=8)
         ax.set_ylabel("top-1 (%)", fontsize=8)
@@ -543,7 +549,8 @@ def plot_gates(results, path):
         axes[0][col].set_xlabel("gate", fontsize=8)
         means = gates["class_means"][stage]
         overall = torch.tensor(means["all_classes"])
-        rows = torch.stack([torch.tensor(v) for v in means["per_class"].values()] + [overall])[:, torch.argsort(overall)]
+        rows = torch.stack([torch.tensor(v) for v in means["per_class"].values()] + [overall])
+        rows = rows[:, torch.argsort(overall)]
         heatmaps.append(axes[1][col].imshow(rows.numpy(), aspect="auto", interpolation="nearest", cmap="viridis"))
         axes[1][col].set_yticks(range(len(rows)), list(means["per_class"]) + ["all classes"] if col == 0 else [],
                                 fontsize=6)

@@ -194,6 +194,7 @@ def tiny_setup(tmp_path_factory):
             pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) // (c + 1)
             Image.fromarray(pixels).save(root / "data" / name / f"{i}.png")
     os.makedirs(root / "no_classes")
+    (root / "garbage.pth").write_bytes(b"not a checkpoint")
     torch.manual_seed(0)
     paths = {}
     for variant in ("theta", "none"):
@@ -220,6 +221,7 @@ def run_tool(monkeypatch, *args):
     ("theta", "theta", "no_classes", [], "no ImageFolder"),
     ("none", "theta", "data", ["--parts", "selectivity"], "do not fit the config's model"),
     ("theta", "nothing", "data", [], "no weights at"),
+    ("theta", "garbage", "data", [], "cannot be read as a checkpoint"),
 ])
 def test_tool_errors_are_one_line(tiny_setup, monkeypatch, tmp_path, config, weights, data, parts, message):
     root, paths = tiny_setup
