@@ -231,6 +231,22 @@ def test_tool_errors_are_one_line(tiny_setup, monkeypatch, tmp_path, config, wei
     assert message in error, error
 
 
+def test_image_folder_loader(tiny_setup, tmp_path):
+    from ge_detectron.analysis import AnalysisError, image_folder_loader
+
+    root, _ = tiny_setup
+    loader, classes = image_folder_loader(str(root / "data"), torch.nn.Identity(), 4, 3, images_per_class=1)
+    assert classes == ["apple", "boat", "cat"]
+    assert [label for _, label in loader.dataset] == [0, 1, 2]  # the first image of each class
+    with pytest.raises(AnalysisError, match="has 3 class folders but the model has 4 classes"):
+        image_folder_loader(str(root / "data"), None, 4, 4)
+    os.makedirs(tmp_path / "a")
+    os.makedirs(tmp_path / "b")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "0.png")
+    with pytest.raises(AnalysisError, match="1 of the 2 class folders .* hold no image"):
+        image_folder_loader(str(tmp_path), None, 4, 2)
+
+
 @pytest.mark.slow
 def test_tool_end_to_end(tiny_setup, tmp_path):
     root, paths = tiny_setup
