@@ -8,10 +8,10 @@ import os
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "ge_detectron")
 
-# The layers, lowest first; a module belongs to the layer of the first prefix its path (relative to
+# The layers, lowest first; a module belongs to the layer of the longest prefix its path (relative to
 # ge_detectron/, without ".py") equals or lies under. "_C" is the compiled extension (csrc/).
 LAYERS = [
-    ("base", ["atomic", "compat", "evaluation", "launch"]),
+    ("base", ["atomic", "compat", "evaluation", "launch", "benchmark"]),
     ("ops", ["ops", "_C"]),
     ("layers", ["layers"]),
     ("config", ["config"]),
@@ -19,16 +19,18 @@ LAYERS = [
     ("data and checkpoints", ["data", "checkpoint"]),
     ("engine", ["engine"]),
     ("run flows", ["detection", "pretrain"]),
+    ("export and analysis", ["export", "analysis"]),
+    ("tool flows", ["detection/cli", "export/cli", "gpu_check"]),
     ("public API", ["__init__"]),
 ]
 
 
 def layer_of(module_path):
     """The index in LAYERS of a module given by its path relative to ge_detectron/ ("ops/excite_op")."""
-    for index, (_, prefixes) in enumerate(LAYERS):
-        if any(module_path == p or module_path.startswith(p + "/") for p in prefixes):
-            return index
-    raise AssertionError(f"ge_detectron/{module_path} is in no layer: add it to LAYERS in {__file__}")
+    matches = [(len(p), index) for index, (_, prefixes) in enumerate(LAYERS) for p in prefixes
+               if module_path == p or module_path.startswith(p + "/")]
+    assert matches, f"ge_detectron/{module_path} is in no layer: add it to LAYERS in {__file__}"
+    return max(matches)[1]
 
 
 def package_modules():

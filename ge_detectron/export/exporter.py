@@ -1,6 +1,7 @@
 """Export a Predictor's detector to TorchScript or ONNX: the model file and a JSON file beside it with what
 the deployed side needs to prepare images and read the outputs (docs/export.md)."""
 import io
+from importlib.metadata import version
 import json
 import os
 
@@ -8,7 +9,6 @@ import detectron2
 import numpy as np
 import torch
 
-from .. import __version__
 from ..atomic import AtomicFile
 from .schema import schema_to_json
 from .tracing import augmentations_to_json, model_input, tracing_adapter
@@ -113,7 +113,7 @@ def export_predictor(predictor, fmt, output_dir, config, sample_image=None):
         "score_threshold": _score_threshold(predictor.model),
         "outputs_schema": schema_to_json(adapter.outputs_schema),
         "onnx_opset": ONNX_OPSET if fmt == "onnx" else None,
-        "versions": {"torch": torch.__version__, "detectron2": detectron2.__version__, "ge_detectron": __version__},
+        "versions": {"torch": torch.__version__, "detectron2": detectron2.__version__, "ge_detectron": version("ge_detectron")},
     }
     with AtomicFile(model_path, "wb") as f:
         f.write(model_bytes)
