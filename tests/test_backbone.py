@@ -9,7 +9,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone, build_model
 
-from ge_detectron import GEBottleneckBlock, GEConfigError
+from ge_detectron import GatherExcite, GEBottleneckBlock, GEConfigError
 from ge_detectron.checkpoint import GECheckpointer, load_weights
 from ge_detectron.config import get_ge_cfg
 
@@ -127,9 +127,15 @@ def test_jit_trace_equals_eager(backbone, variant, extent):
     with torch.no_grad():
         traced = torch.jit.trace(bb, x, strict=False)
         eager, out = bb(x), traced(x)
+        for module in bb.modules():  # a trace records the reference excite (deployable without the custom op)
+            if isinstance(module, GatherExcite):
+                module.fused = "off"
+        eager_reference = bb(x)
     assert eager.keys() == out.keys()
     for k in eager:
-        torch.testing.assert_close(out[k], eager[k])
+        torch.testing.assert_close(out[k], eager_reference[k])
+        # the fused kernel and the reference agree to float32 rounding, accumulated over the network
+        torch.testing.assert_close(out[k], eager[k], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("key,value,message", [
