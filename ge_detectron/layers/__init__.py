@@ -1,7 +1,9 @@
+from .arguments import invalid_argument
 from .gather_excite import (
     GE_VARIANTS,
     GatherExcite,
     build_gather_excite,
+    check_gather_excite_args,
     excite_reference,
     excite_residual_reference,
     uses_fused_op,

@@ -22,11 +22,14 @@ import torch.nn.functional as F
 from detectron2.utils.logger import log_first_n
 from torch import nn
 
+from detectron2.layers import get_norm
+
 from .. import ops
+from .arguments import invalid_argument
 from .gathers import AverageGather, DepthwiseGather
 
-__all__ = ["GatherExcite", "build_gather_excite", "uses_fused_op", "check_fused", "excite_reference",
-           "excite_residual_reference", "GE_VARIANTS", "FUSED_MODES", "extent_error"]
+__all__ = ["GatherExcite", "build_gather_excite", "uses_fused_op", "check_fused", "check_gather_excite_args",
+           "excite_reference", "excite_residual_reference", "GE_VARIANTS", "FUSED_MODES", "extent_error"]
 
 GE_VARIANTS = ("theta_minus", "theta", "theta_plus", "se")
 FUSED_MODES = ("auto", "on", "off")
@@ -39,6 +42,32 @@ def extent_error(extent):
     if extent == 1:
         return "an extent of 1 gathers nothing; use 0 for global or a power of two >= 2"
     return None
+
+
+def _names(values):
+    return "allowed are " + ", ".join(map(repr, values))
+
+
+def check_gather_excite_args(variant, extent=0, reduction=16, fused="auto", norm=None, *, allow_none=False,
+                             owner="GatherExcite"):
+    """Raise an ``invalid_argument`` error naming the first invalid argument of ``GatherExcite``; ``allow_none`` also
+    accepts the variant "none" (no GE), as ``build_gather_excite`` and the stage builders do. ``norm`` is a
+    detectron2 norm name, a callable, or None (not checked)."""
+    variants = ("none", *GE_VARIANTS) if allow_none else GE_VARIANTS
+    if variant not in variants:
+        raise invalid_argument("variant", variant, _names(variants), owner)
+    if variant != "se" and extent_error(extent):
+        raise invalid_argument("extent", extent, extent_error(extent), owner)
+    if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+        raise invalid_argument("reduction", reduction, "use a positive integer such as 16", owner)
+    if fused not in FUSED_MODES:
+        raise invalid_argument("fused", fused, _names(FUSED_MODES), owner)
+    if isinstance(norm, str) and norm:
+        try:
+            get_norm(norm, 32)
+        except (KeyError, AttributeError, TypeError):
+            raise invalid_argument("norm", norm, 'use a detectron2 norm such as "BN", "SyncBN", "FrozenBN", "GN"',
+                                  owner) from None
 
 
 def excite_reference(x, g):
@@ -72,10 +101,8 @@ def uses_fused_op(fused, device_type):
 
 
 def check_fused(fused):
-    """Raise unless ``fused`` is valid and, for "on", this machine's device has the operator's kernels;
-    log once which path runs on each device."""
-    if fused not in FUSED_MODES:
-        raise ValueError(f"fused={fused!r} is invalid: allowed are {', '.join(map(repr, FUSED_MODES))}.")
+    """Raise unless, for ``fused="on"``, this machine's device has the operator's kernels; log once which
+    path runs on each device. ``fused`` is one of FUSED_MODES (``check_gather_excite_args``)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if fused == "on" and ops.native_kernels(device) is None:
         raise RuntimeError(f"fused='on' but the fused excite operator has no {device.upper()} kernels "
@@ -108,11 +135,7 @@ class GatherExcite(nn.Module):
     def __init__(self, channels, variant="theta", extent=0, norm="BN", reduction=16, global_kernel=7,
                  fused="auto"):
         super().__init__()
-        if variant not in GE_VARIANTS:
-            raise ValueError(f"GatherExcite variant={variant!r} is invalid: allowed are "
-                             f"{', '.join(map(repr, GE_VARIANTS))}.")
-        if variant != "se" and extent_error(extent):
-            raise ValueError(f"GatherExcite extent={extent!r} is invalid: {extent_error(extent)}.")
+        check_gather_excite_args(variant, extent, reduction, fused, norm)
         extent = 0 if variant == "se" else extent
         self.channels, self.variant, self.extent = channels, variant, extent
         if variant in ("theta_minus", "se"):

@@ -11,13 +11,14 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
-from ..config import RESNET_DEPTHS, STAGE_NAMES, ge_resnet_stages_args
-from ..layers import GE_VARIANTS, GatherExcite
+from ..config import ge_resnet_stages_args
+from ..layers import GatherExcite, invalid_argument
 
-__all__ = ["GEBottleneckBlock", "make_ge_stage", "make_ge_resnet_stages", "build_ge_resnet",
+__all__ = ["GEBottleneckBlock", "make_ge_stage", "make_ge_resnet_stages", "check_ge_resnet_args", "build_ge_resnet",
            "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone", "build_ge_retinanet_resnet_fpn_backbone"]
 
-_BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+_BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}  # GE sits in bottleneck blocks
 
 
 class GEBottleneckBlock(BottleneckBlock):
@@ -28,12 +29,15 @@ class GEBottleneckBlock(BottleneckBlock):
 
     def __init__(self, in_channels, out_channels, *, ge_variant, ge_extent=0, ge_norm="BN", ge_reduction=16,
                  ge_global_kernel=7, ge_fused="auto", **kwargs):
-        if ge_variant not in GE_VARIANTS:
-            raise ValueError(f"GEBottleneckBlock ge_variant={ge_variant!r} is invalid: use one of "
-                             f"{', '.join(map(repr, GE_VARIANTS))} (a block without GE is detectron2's BottleneckBlock).")
         super().__init__(in_channels, out_channels, **kwargs)
-        self.ge = GatherExcite(out_channels, variant=ge_variant, extent=ge_extent, norm=ge_norm,
-                               reduction=ge_reduction, global_kernel=ge_global_kernel, fused=ge_fused)
+        try:
+            self.ge = GatherExcite(out_channels, variant=ge_variant, extent=ge_extent, norm=ge_norm,
+                                   reduction=ge_reduction, global_kernel=ge_global_kernel, fused=ge_fused)
+        except ValueError as e:
+            if getattr(e, "argument", None) != "variant":
+                raise
+            raise invalid_argument("ge_variant", e.value, f"{e.allowed} (a block without GE is detectron2's "
+                                  "BottleneckBlock)", "GEBottleneckBlock") from None
 
     def forward(self, x):
         out = F.relu_(self.conv1(x))
@@ -58,6 +62,21 @@ def make_ge_stage(*, ge_variant="none", ge_extent=0, ge_norm=None, ge_reduction=
                              ge_global_kernel=ge_global_kernel, ge_fused=ge_fused, **kwargs)
 
 
+def check_ge_resnet_args(depth=50, ge_stages=STAGE_NAMES, res5_dilation=1, ge_global_input_size=224):
+    """Raise an ``invalid_argument`` error naming the first invalid ``make_ge_resnet_stages`` argument among these."""
+    if depth not in _BLOCKS_PER_STAGE:
+        raise invalid_argument("depth", depth, "GE sits in bottleneck blocks, so use one of "
+                              f"{list(_BLOCKS_PER_STAGE)}")
+    stages = list(ge_stages)
+    if not set(stages) <= set(STAGE_NAMES) or len(set(stages)) != len(stages):
+        raise invalid_argument("ge_stages", stages, "give distinct names from " + ", ".join(STAGE_NAMES))
+    if res5_dilation not in (1, 2):
+        raise invalid_argument("res5_dilation", res5_dilation, "use 1 or 2")
+    size = ge_global_input_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+        raise invalid_argument("ge_global_input_size", size, "use a positive multiple of 32 such as 224")
+
+
 def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=256, num_groups=1,
                           width_per_group=64, norm="BN", stride_in_1x1=True, res5_dilation=1, ge_variant="none",
                           ge_stages=STAGE_NAMES, ge_extent=0, ge_norm=None, ge_reduction=16, ge_global_input_size=224,
@@ -75,13 +94,7 @@ def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=2
         ge_extent, ge_norm, ge_reduction, ge_fused: as ``make_ge_stage``'s.
         ge_global_input_size: input side at which a global theta/theta_plus kernel covers the whole map.
     """
-    if depth not in RESNET_DEPTHS:
-        raise ValueError(f"depth={depth!r} is invalid for a GE-ResNet: GE sits in bottleneck blocks, so use one of "
-                         f"{list(RESNET_DEPTHS)}.")
-    if not set(ge_stages) <= set(STAGE_NAMES) or len(set(ge_stages)) != len(ge_stages):
-        raise ValueError(f"ge_stages={list(ge_stages)!r} is invalid: give distinct names from {', '.join(STAGE_NAMES)}.")
-    if res5_dilation not in (1, 2):
-        raise ValueError(f"res5_dilation={res5_dilation!r} is invalid: use 1 or 2.")
+    check_ge_resnet_args(depth, ge_stages, res5_dilation, ge_global_input_size)
     stages = []
     in_channels, out_channels, bottleneck_channels = stem_out_channels, res2_out_channels, num_groups * width_per_group
     for idx, (name, num_blocks) in enumerate(zip(STAGE_NAMES, _BLOCKS_PER_STAGE[depth])):
