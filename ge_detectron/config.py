@@ -34,6 +34,20 @@ def add_ge_config(cfg):
     cfg.MODEL.GE.FUSED = "auto"
     # Classes of the ImageNet classification head used for pretraining.
     cfg.MODEL.GE.NUM_CLASSES = 1000
+    # The options below reproduce other implementations' networks; the defaults are the paper's and
+    # detectron2's. MindSpore's GENet_Res50 (configs/pretrain/mindspore/, docs/pretraining.md) sets them all.
+    # Padding of the stem (conv and max-pool) and of the bottleneck convs: "symmetric" (detectron2's fixed
+    # padding) or "same" (TensorFlow / MindSpore: computed from the input size, the smaller half before).
+    cfg.MODEL.GE.PADDING = "symmetric"
+    # Epsilon of the stem's norm.
+    cfg.MODEL.GE.STEM_NORM_EPS = 1e-5
+    # Largest kernel of a global theta/theta_plus depthwise gather (0: no limit). A larger map (res2's 56 at
+    # 224) is first halved by a dense 3x3 stride-2 "same" conv + norm per step.
+    cfg.MODEL.GE.GATHER_MAX_KERNEL = 0
+    # Whether the 1x1 convs of the theta_plus / se excite MLP have biases.
+    cfg.MODEL.GE.MLP_BIAS = True
+    # Whether theta_plus applies a ReLU between its gather and its MLP.
+    cfg.MODEL.GE.THETA_PLUS_RELU = True
     return cfg
 
 
@@ -48,7 +62,9 @@ ARGUMENT_KEYS = {
     "variant": "MODEL.GE.VARIANT", "extent": "MODEL.GE.EXTENT", "reduction": "MODEL.GE.REDUCTION",
     "fused": "MODEL.GE.FUSED", "norm": "MODEL.GE.NORM", "depth": "MODEL.RESNETS.DEPTH",
     "ge_stages": "MODEL.GE.STAGES", "res5_dilation": "MODEL.RESNETS.RES5_DILATION",
-    "ge_global_input_size": "MODEL.GE.GLOBAL_INPUT_SIZE",
+    "ge_global_input_size": "MODEL.GE.GLOBAL_INPUT_SIZE", "padding": "MODEL.GE.PADDING",
+    "norm_eps": "MODEL.GE.STEM_NORM_EPS", "max_kernel": "MODEL.GE.GATHER_MAX_KERNEL", "mlp_bias": "MODEL.GE.MLP_BIAS",
+    "theta_plus_relu": "MODEL.GE.THETA_PLUS_RELU",
 }
 
 
@@ -66,12 +82,14 @@ def naming_config_keys():
 def validate_ge_config(cfg):
     """Check every ``MODEL.GE`` value, and the ``MODEL.RESNETS`` values a GE-ResNet restricts, with the checks of
     the functions that take them as arguments; raise ``GEConfigError`` (a ValueError) naming the first bad one."""
-    from .modeling.backbone import check_ge_resnet_args  # modeling's YAML builders import this module
+    from .modeling.backbone import check_ge_resnet_args, check_stem_args  # modeling's YAML builders import this module
 
     ge, res = cfg.MODEL.GE, cfg.MODEL.RESNETS
     with naming_config_keys():
-        check_gather_excite_args(ge.VARIANT, ge.EXTENT, ge.REDUCTION, ge.FUSED, ge.NORM or None, allow_none=True)
-        check_ge_resnet_args(res.DEPTH, ge.STAGES, res.RES5_DILATION, ge.GLOBAL_INPUT_SIZE)
+        check_gather_excite_args(ge.VARIANT, ge.EXTENT, ge.REDUCTION, ge.FUSED, ge.NORM or None, ge.GATHER_MAX_KERNEL,
+                                 ge.MLP_BIAS, ge.THETA_PLUS_RELU, allow_none=True)
+        check_ge_resnet_args(res.DEPTH, ge.STAGES, res.RES5_DILATION, ge.GLOBAL_INPUT_SIZE, ge.PADDING)
+        check_stem_args(ge.PADDING, ge.STEM_NORM_EPS)
     if isinstance(ge.NUM_CLASSES, bool) or not isinstance(ge.NUM_CLASSES, int) or ge.NUM_CLASSES < 1:
         fail_invalid("MODEL.GE.NUM_CLASSES", ge.NUM_CLASSES, "use a positive integer such as 1000")
     return cfg
@@ -85,7 +103,16 @@ def _check_resnet_keys(cfg):
 
 
 def _ge_args(ge):
-    return {"ge_extent": ge.EXTENT, "ge_norm": ge.NORM or None, "ge_reduction": ge.REDUCTION, "ge_fused": ge.FUSED}
+    return {"ge_extent": ge.EXTENT, "ge_norm": ge.NORM or None, "ge_reduction": ge.REDUCTION, "ge_fused": ge.FUSED,
+            "ge_max_kernel": ge.GATHER_MAX_KERNEL, "ge_mlp_bias": ge.MLP_BIAS, "ge_theta_plus_relu": ge.THETA_PLUS_RELU,
+            "padding": ge.PADDING}
+
+
+def ge_stem_args(cfg):
+    """The keyword arguments of ``modeling.make_ge_stem`` (after its ``in_channels``)."""
+    res, ge = cfg.MODEL.RESNETS, cfg.MODEL.GE
+    return {"out_channels": res.STEM_OUT_CHANNELS, "norm": res.NORM, "padding": ge.PADDING,
+            "norm_eps": ge.STEM_NORM_EPS}
 
 
 def _stage_args(res):

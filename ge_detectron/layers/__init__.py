@@ -9,3 +9,4 @@ from .gather_excite import (
     uses_fused_op,
 )
 from .gathers import AverageGather, DepthwiseGather
+from .same_padding import PADDINGS, Conv2dSame, check_padding, max_pool2d_same
