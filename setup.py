@@ -69,6 +69,6 @@ setup(
     cmdclass=cmdclass,
     # torch, torchvision and detectron2 are expected in the environment (see README: detectron2 is
     # not on PyPI under its own name); these are the light runtime dependencies.
-    install_requires=["fvcore", "pycocotools", "faster-coco-eval", "opencv-python-headless", "tabulate"],
+    install_requires=["fvcore", "pycocotools", "faster-coco-eval", "opencv-python-headless", "tabulate", "protobuf"],
     extras_require={"test": ["pytest", "hypothesis"]},
 )

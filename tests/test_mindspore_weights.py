@@ -18,8 +18,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling import build_model
 
 from ge_detectron import build_ge_classifier
+from ge_detectron.checkpoint import load_weights
+from ge_detectron.config import get_ge_cfg
 from ge_detectron.pretrain import get_pretrain_cfg
 from ge_detectron.pretrain.mindspore import (MindSporeCheckpointError, convert_genet_checkpoint,
                                              genet_checkpoint_to_pkl, read_mindspore_checkpoint)
@@ -195,23 +199,37 @@ def test_issue_tag_list_has_the_published_counts(variant):
     assert (sum(math.prod(s) for s in shapes.values()), len(shapes)) == ISSUE_COUNTS[variant]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_converted_checkpoint_reproduces_their_logits(variant, tmp_path):
-    torch.manual_seed(0)
-    ckpt, pkl = tmp_path / f"genet_{variant}.ckpt", tmp_path / f"genet_{variant}.pkl"
-    stored = write_checkpoint(ckpt, random_weights(variant, seed=VARIANTS.index(variant)))
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """``converted(variant)``: (weights as stored in the synthetic checkpoint, converted .pkl path, its content,
+    the converter's report), made once per variant."""
+    cache = {}
 
-    checkpoint, report = genet_checkpoint_to_pkl(str(ckpt))
+    def convert(variant):
+        if variant not in cache:
+            folder = tmp_path_factory.mktemp(variant)
+            ckpt, pkl = folder / f"genet_{variant}.ckpt", folder / f"genet_{variant}.pkl"
+            stored = write_checkpoint(ckpt, random_weights(variant, seed=VARIANTS.index(variant)))
+            checkpoint, report = genet_checkpoint_to_pkl(str(ckpt))
+            with open(pkl, "wb") as f:
+                pickle.dump(checkpoint, f)
+            cache[variant] = stored, str(pkl), checkpoint, report
+        return cache[variant]
+    return convert
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_converted_checkpoint_reproduces_their_logits(variant, converted):
+    torch.manual_seed(0)
+    stored, pkl, checkpoint, report = converted(variant)
     assert report["variant"] == variant and report["published"] is None
     assert report["read"] == report["written"] == ISSUE_COUNTS[variant][::-1]
     assert set(report["ignored"]) == {"global_step", "learning_rate", "momentum", "moments.conv1.weight"}
-    with open(pkl, "wb") as f:
-        pickle.dump(checkpoint, f)
 
     cfg = get_pretrain_cfg(os.path.join(REPO, f"configs/pretrain/mindspore/r50_{variant}.yaml"),
-                           ["MODEL.WEIGHTS", str(pkl), "MODEL.GE.FUSED", "off"])
+                           ["MODEL.WEIGHTS", pkl, "MODEL.GE.FUSED", "off"])
     model = build_ge_classifier(cfg).eval()
-    DetectionCheckpointer(model).load(str(pkl))
+    DetectionCheckpointer(model).load(pkl)
     # Ours after conversion against theirs: every tensor landed, and the model holds exactly as many.
     state = {k: v for k, v in model.resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert (len(state), sum(v.numel() for v in state.values())) == ISSUE_COUNTS[variant][::-1]
@@ -228,6 +246,27 @@ def test_converted_checkpoint_reproduces_their_logits(variant, tmp_path):
     print(f"{variant}: largest logit difference {difference:.3g} (largest logit {scale:.3g})")
     assert theirs.std() > 0.1 * scale  # the logits differ between classes: the comparison means something
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * max(scale, 1.0))
+
+
+def test_detector_configs_take_every_backbone_tensor_and_leave_the_head(converted):
+    """The YAML and LazyConfig detectors start from the converted file: every backbone and res5 tensor is in
+    it, the classifier head is the only thing they do not use."""
+    _, pkl, checkpoint, _ = converted("theta_plus")
+    cfg = get_ge_cfg(os.path.join(REPO, "configs/faster_rcnn_ge_theta_plus_global_r50_mindspore.yaml"),
+                     ["MODEL.WEIGHTS", pkl, "MODEL.DEVICE", "cpu"])
+    lazy = LazyConfig.load(os.path.join(REPO, "configs/faster_rcnn_ge_theta_plus_global_r50_mindspore.py"))
+    models = {"yaml": build_model(cfg), "lazy": instantiate(lazy.model)}
+    shapes = {name: {k: tuple(v.shape) for k, v in m.state_dict().items()} for name, m in models.items()}
+    assert shapes["yaml"] == shapes["lazy"]
+    for name, model in models.items():
+        incompatible = load_weights(model, pkl)
+        backbone = [k for k in incompatible.missing_keys if k.startswith(("backbone.", "roi_heads.res5"))]
+        assert not backbone and not incompatible.incorrect_shapes, name
+        assert sorted(incompatible.unexpected_keys) == ["linear.bias", "linear.weight"], name
+        stem = model.backbone.stem
+        assert stem.conv1.norm.eps == 1e-4 and type(stem).__name__ == "SamePaddingStem"
+        torch.testing.assert_close(model.roi_heads.res5[0].ge.mlp[0].weight,
+                                   torch.from_numpy(checkpoint["model"]["res5.0.ge.mlp.0.weight"]), rtol=0, atol=0)
 
 
 @pytest.fixture
