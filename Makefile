@@ -26,7 +26,7 @@ $(STAMP): Makefile setup.py tools/install_detectron2.sh $(wildcard ge_detectron/
 	$(PY) -m pip install -q --upgrade pip wheel "setuptools<82" ninja
 	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_PINS)
 	PYTHON=$(PY) DETECTRON2_SRC='$(DETECTRON2_SRC)' bash tools/install_detectron2.sh
-	$(PY) -m pip install -q fvcore pycocotools faster-coco-eval opencv-python-headless shapely tabulate matplotlib pytest hypothesis onnx onnxruntime onnxscript
+	$(PY) -m pip install -q fvcore pycocotools faster-coco-eval opencv-python-headless shapely tabulate matplotlib protobuf pytest hypothesis onnx onnxruntime onnxscript
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	$(PY) -c "import ge_detectron; from ge_detectron.ops import native_kernels as k; print('ge_detectron', ge_detectron.__version__, '| fused excite op, CPU:', k('cpu'), '| CUDA:', k('cuda'))"
 	@touch $@

@@ -69,6 +69,7 @@ setup(
     cmdclass=cmdclass,
     # torch, torchvision and detectron2 are expected in the environment (see README: detectron2 is
     # not on PyPI under its own name); these are the light runtime dependencies.
-    install_requires=["fvcore", "pycocotools", "faster-coco-eval", "opencv-python-headless", "tabulate", "matplotlib"],
+    install_requires=["fvcore", "pycocotools", "faster-coco-eval", "opencv-python-headless", "tabulate", "matplotlib",
+                      "protobuf"],
     extras_require={"test": ["pytest", "hypothesis"], "export": ["onnx", "onnxruntime", "onnxscript"]},
 )

@@ -1,14 +1,12 @@
 """The config layer: the ``cfg.MODEL.GE`` keys, their defaults and validation, and the translation of a
 detectron2 config into the plain arguments of the GE modules (``ge_detectron.modeling``), in one place:
 the YAML builders and the LazyConfigs construct the same functions with the same arguments."""
+import contextlib
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from .layers.gather_excite import FUSED_MODES, GE_VARIANTS, extent_error
-
-VARIANTS = ("none", *GE_VARIANTS)
-STAGE_NAMES = ("res2", "res3", "res4", "res5")
-RESNET_DEPTHS = (50, 101, 152)  # GE sits in bottleneck blocks
+from .layers import check_gather_excite_args
 
 
 class GEConfigError(ValueError):
@@ -36,6 +34,20 @@ def add_ge_config(cfg):
     cfg.MODEL.GE.FUSED = "auto"
     # Classes of the ImageNet classification head used for pretraining.
     cfg.MODEL.GE.NUM_CLASSES = 1000
+    # The options below reproduce other implementations' networks; the defaults are the paper's and
+    # detectron2's. MindSpore's GENet_Res50 (configs/pretrain/mindspore/, docs/pretraining.md) sets them all.
+    # Padding of the stem (conv and max-pool) and of the bottleneck convs: "symmetric" (detectron2's fixed
+    # padding) or "same" (TensorFlow / MindSpore: computed from the input size, the smaller half before).
+    cfg.MODEL.GE.PADDING = "symmetric"
+    # Epsilon of the stem's norm.
+    cfg.MODEL.GE.STEM_NORM_EPS = 1e-5
+    # Largest kernel of a global theta/theta_plus depthwise gather (0: no limit). A larger map (res2's 56 at
+    # 224) is first halved by a dense 3x3 stride-2 "same" conv + norm per step.
+    cfg.MODEL.GE.GATHER_MAX_KERNEL = 0
+    # Whether the 1x1 convs of the theta_plus / se excite MLP have biases.
+    cfg.MODEL.GE.MLP_BIAS = True
+    # Whether theta_plus applies a ReLU between its gather and its MLP.
+    cfg.MODEL.GE.THETA_PLUS_RELU = True
     return cfg
 
 
@@ -45,50 +57,62 @@ def fail_invalid(key, value, allowed, error=GEConfigError):
     raise error(f"{key} = {value!r} is invalid: {allowed}.")
 
 
-def validate_ge_config(cfg):
-    """Check every ``MODEL.GE`` value; raise ``GEConfigError`` (a ValueError) naming the first bad one."""
-    ge = cfg.MODEL.GE
-    if ge.VARIANT not in VARIANTS:
-        fail_invalid("MODEL.GE.VARIANT", ge.VARIANT, "allowed are " + ", ".join(repr(v) for v in VARIANTS))
-    if extent_error(ge.EXTENT):
-        fail_invalid("MODEL.GE.EXTENT", ge.EXTENT, extent_error(ge.EXTENT))
-    stages = list(ge.STAGES)
-    bad = [s for s in stages if s not in STAGE_NAMES]
-    if bad or len(set(stages)) != len(stages):
-        fail_invalid("MODEL.GE.STAGES", stages, "give distinct names from " + ", ".join(STAGE_NAMES))
-    if not isinstance(ge.REDUCTION, int) or ge.REDUCTION < 1:
-        fail_invalid("MODEL.GE.REDUCTION", ge.REDUCTION, "use a positive integer such as 16")
-    if not isinstance(ge.GLOBAL_INPUT_SIZE, int) or ge.GLOBAL_INPUT_SIZE < 32 or ge.GLOBAL_INPUT_SIZE % 32:
-        fail_invalid("MODEL.GE.GLOBAL_INPUT_SIZE", ge.GLOBAL_INPUT_SIZE, "use a positive multiple of 32 such as 224")
-    if ge.FUSED not in FUSED_MODES:
-        fail_invalid("MODEL.GE.FUSED", ge.FUSED, "allowed are " + ", ".join(repr(v) for v in FUSED_MODES))
-    if not isinstance(ge.NUM_CLASSES, int) or ge.NUM_CLASSES < 1:
-        fail_invalid("MODEL.GE.NUM_CLASSES", ge.NUM_CLASSES, "use a positive integer such as 1000")
-    if ge.NORM:
-        from detectron2.layers import get_norm
+# The config key of each plain argument that the layers and builders validate (``layers.invalid_argument``).
+ARGUMENT_KEYS = {
+    "variant": "MODEL.GE.VARIANT", "extent": "MODEL.GE.EXTENT", "reduction": "MODEL.GE.REDUCTION",
+    "fused": "MODEL.GE.FUSED", "norm": "MODEL.GE.NORM", "depth": "MODEL.RESNETS.DEPTH",
+    "ge_stages": "MODEL.GE.STAGES", "res5_dilation": "MODEL.RESNETS.RES5_DILATION",
+    "ge_global_input_size": "MODEL.GE.GLOBAL_INPUT_SIZE", "padding": "MODEL.GE.PADDING",
+    "norm_eps": "MODEL.GE.STEM_NORM_EPS", "max_kernel": "MODEL.GE.GATHER_MAX_KERNEL", "mlp_bias": "MODEL.GE.MLP_BIAS",
+    "theta_plus_relu": "MODEL.GE.THETA_PLUS_RELU",
+}
 
-        try:
-            get_norm(ge.NORM, 32)
-        except (KeyError, AttributeError, TypeError):
-            fail_invalid("MODEL.GE.NORM", ge.NORM, 'use "" (same as MODEL.RESNETS.NORM) or a detectron2 norm such as '
-                  '"BN", "SyncBN", "FrozenBN", "GN"')
+
+@contextlib.contextmanager
+def naming_config_keys():
+    """Re-raise an ``invalid_argument`` error of the layers or builders as a GEConfigError naming the config key."""
+    try:
+        yield
+    except ValueError as e:
+        if getattr(e, "argument", None) not in ARGUMENT_KEYS:
+            raise
+        fail_invalid(ARGUMENT_KEYS[e.argument], e.value, e.allowed)
+
+
+def validate_ge_config(cfg):
+    """Check every ``MODEL.GE`` value, and the ``MODEL.RESNETS`` values a GE-ResNet restricts, with the checks of
+    the functions that take them as arguments; raise ``GEConfigError`` (a ValueError) naming the first bad one."""
+    from .modeling.backbone import check_ge_resnet_args, check_stem_args  # modeling's YAML builders import this module
+
+    ge, res = cfg.MODEL.GE, cfg.MODEL.RESNETS
+    with naming_config_keys():
+        check_gather_excite_args(ge.VARIANT, ge.EXTENT, ge.REDUCTION, ge.FUSED, ge.NORM or None, ge.GATHER_MAX_KERNEL,
+                                 ge.MLP_BIAS, ge.THETA_PLUS_RELU, allow_none=True)
+        check_ge_resnet_args(res.DEPTH, ge.STAGES, res.RES5_DILATION, ge.GLOBAL_INPUT_SIZE, ge.PADDING)
+        check_stem_args(ge.PADDING, ge.STEM_NORM_EPS)
+    if isinstance(ge.NUM_CLASSES, bool) or not isinstance(ge.NUM_CLASSES, int) or ge.NUM_CLASSES < 1:
+        fail_invalid("MODEL.GE.NUM_CLASSES", ge.NUM_CLASSES, "use a positive integer such as 1000")
     return cfg
 
 
 def _check_resnet_keys(cfg):
     res = cfg.MODEL.RESNETS
-    if res.DEPTH not in RESNET_DEPTHS:
-        raise GEConfigError(f"MODEL.RESNETS.DEPTH = {res.DEPTH!r} is invalid for a GE-ResNet: GE sits in "
-                            f"bottleneck blocks, so use one of {list(RESNET_DEPTHS)}.")
     if any(res.DEFORM_ON_PER_STAGE):
         raise GEConfigError("MODEL.RESNETS.DEFORM_ON_PER_STAGE enables deformable convs, which GE-ResNet "
                             "does not support: set it to [False, False, False, False].")
-    if res.RES5_DILATION not in (1, 2):
-        raise GEConfigError(f"MODEL.RESNETS.RES5_DILATION = {res.RES5_DILATION!r} is invalid: use 1 or 2.")
 
 
 def _ge_args(ge):
-    return {"ge_extent": ge.EXTENT, "ge_norm": ge.NORM or None, "ge_reduction": ge.REDUCTION, "ge_fused": ge.FUSED}
+    return {"ge_extent": ge.EXTENT, "ge_norm": ge.NORM or None, "ge_reduction": ge.REDUCTION, "ge_fused": ge.FUSED,
+            "ge_max_kernel": ge.GATHER_MAX_KERNEL, "ge_mlp_bias": ge.MLP_BIAS, "ge_theta_plus_relu": ge.THETA_PLUS_RELU,
+            "padding": ge.PADDING}
+
+
+def ge_stem_args(cfg):
+    """The keyword arguments of ``modeling.make_ge_stem`` (after its ``in_channels``)."""
+    res, ge = cfg.MODEL.RESNETS, cfg.MODEL.GE
+    return {"out_channels": res.STEM_OUT_CHANNELS, "norm": res.NORM, "padding": ge.PADDING,
+            "norm_eps": ge.STEM_NORM_EPS}
 
 
 def _stage_args(res):

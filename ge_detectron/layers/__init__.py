@@ -1,9 +1,12 @@
+from .arguments import invalid_argument
 from .gather_excite import (
     GE_VARIANTS,
     GatherExcite,
     build_gather_excite,
+    check_gather_excite_args,
     excite_reference,
     excite_residual_reference,
     uses_fused_op,
 )
 from .gathers import AverageGather, DepthwiseGather
+from .same_padding import PADDINGS, Conv2dSame, check_padding, max_pool2d_same

@@ -22,11 +22,14 @@ import torch.nn.functional as F
 from detectron2.utils.logger import log_first_n
 from torch import nn
 
+from detectron2.layers import get_norm
+
 from .. import ops
+from .arguments import invalid_argument
 from .gathers import AverageGather, DepthwiseGather
 
-__all__ = ["GatherExcite", "build_gather_excite", "uses_fused_op", "check_fused", "excite_reference",
-           "excite_residual_reference", "GE_VARIANTS", "FUSED_MODES", "extent_error"]
+__all__ = ["GatherExcite", "build_gather_excite", "uses_fused_op", "check_fused", "check_gather_excite_args",
+           "excite_reference", "excite_residual_reference", "GE_VARIANTS", "FUSED_MODES", "extent_error"]
 
 GE_VARIANTS = ("theta_minus", "theta", "theta_plus", "se")
 FUSED_MODES = ("auto", "on", "off")
@@ -39,6 +42,37 @@ def extent_error(extent):
     if extent == 1:
         return "an extent of 1 gathers nothing; use 0 for global or a power of two >= 2"
     return None
+
+
+def _names(values):
+    return "allowed are " + ", ".join(map(repr, values))
+
+
+def check_gather_excite_args(variant, extent=0, reduction=16, fused="auto", norm=None, max_kernel=0, mlp_bias=True,
+                             theta_plus_relu=True, *, allow_none=False, owner="GatherExcite"):
+    """Raise an ``invalid_argument`` error naming the first invalid argument of ``GatherExcite``; ``allow_none`` also
+    accepts the variant "none" (no GE), as ``build_gather_excite`` and the stage builders do. ``norm`` is a
+    detectron2 norm name, a callable, or None (not checked)."""
+    variants = ("none", *GE_VARIANTS) if allow_none else GE_VARIANTS
+    if variant not in variants:
+        raise invalid_argument("variant", variant, _names(variants), owner)
+    if variant != "se" and extent_error(extent):
+        raise invalid_argument("extent", extent, extent_error(extent), owner)
+    if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+        raise invalid_argument("reduction", reduction, "use a positive integer such as 16", owner)
+    if fused not in FUSED_MODES:
+        raise invalid_argument("fused", fused, _names(FUSED_MODES), owner)
+    if isinstance(max_kernel, bool) or not isinstance(max_kernel, int) or max_kernel < 0:
+        raise invalid_argument("max_kernel", max_kernel, "use 0 (no limit) or a positive integer such as 28", owner)
+    for name, value in (("mlp_bias", mlp_bias), ("theta_plus_relu", theta_plus_relu)):
+        if not isinstance(value, bool):
+            raise invalid_argument(name, value, "use True or False", owner)
+    if isinstance(norm, str) and norm:
+        try:
+            get_norm(norm, 32)
+        except (KeyError, AttributeError, TypeError):
+            raise invalid_argument("norm", norm, 'use a detectron2 norm such as "BN", "SyncBN", "FrozenBN", "GN"',
+                                  owner) from None
 
 
 def excite_reference(x, g):
@@ -56,13 +90,15 @@ def excite_residual_reference(x, g, shortcut):
     return F.relu(excite_reference(x, g) + shortcut)
 
 
-def excite_mlp(channels, reduction):
+def excite_mlp(channels, reduction, bias=True):
     """The learned excite of GE-θ⁺ and SE: 1x1 conv C -> C/r, ReLU, 1x1 conv C/r -> C (sigmoid later)."""
     hidden = max(channels // reduction, 1)
-    mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
+    mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=bias), nn.ReLU(inplace=True),
+                        nn.Conv2d(hidden, channels, 1, bias=bias))
     for conv in (mlp[0], mlp[2]):
         nn.init.normal_(conv.weight, std=0.01)
-        nn.init.zeros_(conv.bias)
+        if bias:
+            nn.init.zeros_(conv.bias)
     return mlp
 
 
@@ -77,10 +113,8 @@ def uses_fused_op(fused, device_type):
 
 
 def check_fused(fused):
-    """Raise unless ``fused`` is valid and, for "on", this machine's device has the operator's kernels;
-    log once which path runs on each device."""
-    if fused not in FUSED_MODES:
-        raise ValueError(f"fused={fused!r} is invalid: allowed are {', '.join(map(repr, FUSED_MODES))}.")
+    """Raise unless, for ``fused="on"``, this machine's device has the operator's kernels; log once which
+    path runs on each device. ``fused`` is one of FUSED_MODES (``check_gather_excite_args``)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if fused == "on" and ops.native_kernels(device) is None:
         raise RuntimeError(f"fused='on' but the fused excite operator has no {device.upper()} kernels "
@@ -108,23 +142,26 @@ class GatherExcite(nn.Module):
         reduction: channel reduction of the excite MLP (theta_plus, se).
         global_kernel: side of the global depthwise kernel (the map size at pretraining input).
         fused: "auto", "on" or "off": whether to use the fused excite operator (see ``uses_fused_op``).
+        max_kernel: largest global depthwise kernel (0: no limit); larger maps are first halved by dense
+            stride-2 convs (``DepthwiseGather``).
+        mlp_bias: whether the excite MLP's 1x1 convs have biases (theta_plus, se).
+        theta_plus_relu: whether theta_plus applies a ReLU between its gather and its MLP.
+        The defaults are the paper's; MindSpore's GENet_Res50 uses max_kernel=28, mlp_bias=False,
+        theta_plus_relu=False.
     """
 
     def __init__(self, channels, variant="theta", extent=0, norm="BN", reduction=16, global_kernel=7,
-                 fused="auto"):
+                 fused="auto", max_kernel=0, mlp_bias=True, theta_plus_relu=True):
         super().__init__()
-        if variant not in GE_VARIANTS:
-            raise ValueError(f"GatherExcite variant={variant!r} is invalid: allowed are "
-                             f"{', '.join(map(repr, GE_VARIANTS))}.")
-        if variant != "se" and extent_error(extent):
-            raise ValueError(f"GatherExcite extent={extent!r} is invalid: {extent_error(extent)}.")
+        check_gather_excite_args(variant, extent, reduction, fused, norm, max_kernel, mlp_bias, theta_plus_relu)
         extent = 0 if variant == "se" else extent
         self.channels, self.variant, self.extent = channels, variant, extent
         if variant in ("theta_minus", "se"):
             self.gather = AverageGather(extent)
         else:
-            self.gather = DepthwiseGather(channels, extent, norm, global_kernel)
-        self.mlp = excite_mlp(channels, reduction) if variant in ("theta_plus", "se") else None
+            self.gather = DepthwiseGather(channels, extent, norm, global_kernel, max_kernel)
+        self.mlp = excite_mlp(channels, reduction, mlp_bias) if variant in ("theta_plus", "se") else None
+        self.theta_plus_relu = theta_plus_relu
         check_fused(fused)
         self.fused = fused
 
@@ -132,7 +169,7 @@ class GatherExcite(nn.Module):
         """The pre-sigmoid gate g of shape (N, C, ceil(H/e), ceil(W/e)), or (N, C, 1, 1) if global."""
         g = self.gather(x)
         if self.mlp is not None:
-            g = self.mlp(F.relu(g) if self.variant == "theta_plus" else g)
+            g = self.mlp(F.relu(g) if self.variant == "theta_plus" and self.theta_plus_relu else g)
         return g
 
     def check_inputs(self, x, shortcut=None):

@@ -1,10 +1,14 @@
 """The gathers of Gather-Excite (docs/GE_SPEC.md): average pooling (GE-θ⁻, SE) and depthwise
 convolutions + norm (GE-θ, GE-θ⁺). Each maps (N, C, H, W) to the pre-sigmoid gate (N, C, h, w)."""
+import math
+
 import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, get_norm
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .same_padding import Conv2dSame
 
 __all__ = ["AverageGather", "DepthwiseGather", "frozen_affine"]
 
@@ -53,10 +57,18 @@ def _depthwise(channels, kernel_size, stride, padding, norm):
     return conv
 
 
+def _dense_reduction(channels, norm):
+    conv = Conv2dSame(channels, channels, 3, stride=2, bias=False, norm=get_norm(norm, channels))
+    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+    return conv
+
+
 class DepthwiseGather(nn.Sequential):
     """GE-θ gather. Extent e: log2(e) stride-2 3x3 depthwise convs, each + norm, ReLU between them.
     Global: resize to ``global_kernel`` x ``global_kernel`` (identity at the pretraining size), then one
-    depthwise conv whose kernel covers the whole map, + norm.
+    depthwise conv whose kernel covers the whole map, + norm. ``max_kernel`` (0: no limit) caps that
+    kernel: while the map is larger, a dense (not depthwise) 3x3 stride-2 conv C -> C with "same" padding
+    (``Conv2dSame``) + norm halves it first, without ReLU (MindSpore's GENet_Res50: 56 -> 28 in res2).
 
     The layers are an ``nn.Sequential`` of detectron2 ``Conv2d`` (bias-free, ``norm`` inside) and ``ReLU``,
     so the state_dict keys are ``0.weight``, ``0.norm.weight``, ... (global: ``1.weight``, ...). The forward
@@ -70,9 +82,13 @@ class DepthwiseGather(nn.Sequential):
     stage) and on CUDA the input's layout is kept.
     """
 
-    def __init__(self, channels, extent, norm, global_kernel):
+    def __init__(self, channels, extent, norm, global_kernel, max_kernel=0):
         if extent == 0:
-            layers = [nn.AdaptiveAvgPool2d(global_kernel), _depthwise(channels, global_kernel, 1, 0, norm)]
+            layers, kernel = [nn.AdaptiveAvgPool2d(global_kernel)], global_kernel
+            while max_kernel and kernel > max_kernel:
+                layers.append(_dense_reduction(channels, norm))
+                kernel = math.ceil(kernel / 2)
+            layers.append(_depthwise(channels, kernel, 1, 0, norm))
         else:
             layers = []
             for i in range(extent.bit_length() - 1):
@@ -91,7 +107,8 @@ class DepthwiseGather(nn.Sequential):
         if self._runs_channels_last(x) and not x.is_contiguous(memory_format=torch.channels_last):
             restore, x = torch.contiguous_format, x.contiguous(memory_format=torch.channels_last)
         for layer in self:
-            affine = frozen_affine(layer.norm) if isinstance(layer, Conv2d) and not _has_hooks(layer) else None
+            foldable = type(layer) is Conv2d and not _has_hooks(layer)  # Conv2dSame pads in its forward
+            affine = frozen_affine(layer.norm) if foldable else None
             if affine is None:
                 x = layer(x)
             else:

@@ -11,13 +11,15 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
-from ..config import RESNET_DEPTHS, STAGE_NAMES, ge_resnet_stages_args
-from ..layers import GE_VARIANTS, GatherExcite
+from ..config import ge_resnet_stages_args, ge_stem_args
+from ..layers import Conv2dSame, GatherExcite, check_padding, invalid_argument, max_pool2d_same
 
-__all__ = ["GEBottleneckBlock", "make_ge_stage", "make_ge_resnet_stages", "build_ge_resnet",
-           "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone", "build_ge_retinanet_resnet_fpn_backbone"]
+__all__ = ["GEBottleneckBlock", "SamePaddingStem", "make_ge_stem", "make_ge_stage", "make_ge_resnet_stages",
+           "check_ge_resnet_args", "check_stem_args", "build_ge_resnet", "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone",
+           "build_ge_retinanet_resnet_fpn_backbone"]
 
-_BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+_BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}  # GE sits in bottleneck blocks
 
 
 class GEBottleneckBlock(BottleneckBlock):
@@ -27,13 +29,18 @@ class GEBottleneckBlock(BottleneckBlock):
     are detectron2's ``BottleneckBlock`` (``make_ge_stage`` with ``ge_variant="none"``)."""
 
     def __init__(self, in_channels, out_channels, *, ge_variant, ge_extent=0, ge_norm="BN", ge_reduction=16,
-                 ge_global_kernel=7, ge_fused="auto", **kwargs):
-        if ge_variant not in GE_VARIANTS:
-            raise ValueError(f"GEBottleneckBlock ge_variant={ge_variant!r} is invalid: use one of "
-                             f"{', '.join(map(repr, GE_VARIANTS))} (a block without GE is detectron2's BottleneckBlock).")
+                 ge_global_kernel=7, ge_fused="auto", ge_max_kernel=0, ge_mlp_bias=True, ge_theta_plus_relu=True,
+                 **kwargs):
         super().__init__(in_channels, out_channels, **kwargs)
-        self.ge = GatherExcite(out_channels, variant=ge_variant, extent=ge_extent, norm=ge_norm,
-                               reduction=ge_reduction, global_kernel=ge_global_kernel, fused=ge_fused)
+        try:
+            self.ge = GatherExcite(out_channels, variant=ge_variant, extent=ge_extent, norm=ge_norm,
+                                   reduction=ge_reduction, global_kernel=ge_global_kernel, fused=ge_fused,
+                                   max_kernel=ge_max_kernel, mlp_bias=ge_mlp_bias, theta_plus_relu=ge_theta_plus_relu)
+        except ValueError as e:
+            if getattr(e, "argument", None) != "variant":
+                raise
+            raise invalid_argument("ge_variant", e.value, f"{e.allowed} (a block without GE is detectron2's "
+                                  "BottleneckBlock)", "GEBottleneckBlock") from None
 
     def forward(self, x):
         out = F.relu_(self.conv1(x))
@@ -43,25 +50,85 @@ class GEBottleneckBlock(BottleneckBlock):
         return self.ge(out, shortcut)
 
 
+class SamePaddingStem(BasicStem):
+    """detectron2's ``BasicStem`` (7x7 stride-2 conv, norm, ReLU, 3x3 stride-2 max-pool) with "same" padding
+    in the conv and the pool (``layers.same_padding``), as TensorFlow and MindSpore ResNets pad."""
+
+    def __init__(self, in_channels=3, out_channels=64, norm="BN"):
+        super().__init__(in_channels, out_channels, norm)
+        Conv2dSame.convert(self.conv1)
+
+    def forward(self, x):
+        return max_pool2d_same(F.relu_(self.conv1(x)), 3, 2)
+
+
+def check_stem_args(padding="symmetric", norm_eps=1e-5):
+    """Raise an ``invalid_argument`` error naming the first invalid ``make_ge_stem`` argument among these."""
+    check_padding(padding)
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, float) or not norm_eps > 0:
+        raise invalid_argument("norm_eps", norm_eps, "use a positive float such as 1e-5")
+
+
+def make_ge_stem(in_channels=3, out_channels=64, norm="BN", padding="symmetric", norm_eps=1e-5):
+    """The ResNet stem: detectron2's ``BasicStem``, or ``SamePaddingStem`` for ``padding="same"``; its norm's
+    epsilon set to ``norm_eps`` (1e-5 is every detectron2 norm's default; MindSpore's ResNet stem uses 1e-4)."""
+    check_stem_args(padding, norm_eps)
+    stem = (SamePaddingStem if padding == "same" else BasicStem)(in_channels, out_channels, norm)
+    if hasattr(stem.conv1.norm, "eps"):
+        stem.conv1.norm.eps = norm_eps
+    return stem
+
+
 def make_ge_stage(*, ge_variant="none", ge_extent=0, ge_norm=None, ge_reduction=16, ge_global_kernel=7,
-                  ge_fused="auto", **kwargs):
+                  ge_fused="auto", ge_max_kernel=0, ge_mlp_bias=True, ge_theta_plus_relu=True, padding="symmetric",
+                  **kwargs):
     """``ResNet.make_stage`` of bottleneck blocks (``kwargs`` as its own: num_blocks, stride_per_block,
     in_channels, bottleneck_channels, out_channels, norm, ...) with Gather-Excite in every block:
     ``GEBottleneckBlock`` s, or plain ``BottleneckBlock`` s when ``ge_variant`` is "none".
 
     ``ge_norm`` is the norm of the gather convs (None: the blocks' ``norm``); ``ge_global_kernel`` the side
-    of a global theta/theta_plus kernel (the stage's map size at the pretraining input)."""
+    of a global theta/theta_plus kernel (the stage's map size at the pretraining input); ``ge_max_kernel``,
+    ``ge_mlp_bias``, ``ge_theta_plus_relu`` as GatherExcite's ``max_kernel``, ``mlp_bias``, ``theta_plus_relu``.
+    ``padding="same"`` makes the blocks' convs (not the gathers') ``Conv2dSame``."""
+    check_padding(padding)
     if ge_variant == "none":
-        return ResNet.make_stage(block_class=BottleneckBlock, **kwargs)
-    return ResNet.make_stage(block_class=GEBottleneckBlock, ge_variant=ge_variant, ge_extent=ge_extent,
-                             ge_norm=ge_norm or kwargs.get("norm", "BN"), ge_reduction=ge_reduction,
-                             ge_global_kernel=ge_global_kernel, ge_fused=ge_fused, **kwargs)
+        blocks = ResNet.make_stage(block_class=BottleneckBlock, **kwargs)
+    else:
+        blocks = ResNet.make_stage(
+            block_class=GEBottleneckBlock, ge_variant=ge_variant, ge_extent=ge_extent,
+            ge_norm=ge_norm or kwargs.get("norm", "BN"), ge_reduction=ge_reduction, ge_global_kernel=ge_global_kernel,
+            ge_fused=ge_fused, ge_max_kernel=ge_max_kernel, ge_mlp_bias=ge_mlp_bias,
+            ge_theta_plus_relu=ge_theta_plus_relu, **kwargs)
+    if padding == "same":
+        for block in blocks:
+            for conv in (block.conv1, block.conv2, block.conv3, block.shortcut):
+                if conv is not None:
+                    Conv2dSame.convert(conv)
+    return blocks
+
+
+def check_ge_resnet_args(depth=50, ge_stages=STAGE_NAMES, res5_dilation=1, ge_global_input_size=224,
+                         padding="symmetric"):
+    """Raise an ``invalid_argument`` error naming the first invalid ``make_ge_resnet_stages`` argument among these."""
+    if depth not in _BLOCKS_PER_STAGE:
+        raise invalid_argument("depth", depth, "GE sits in bottleneck blocks, so use one of "
+                              f"{list(_BLOCKS_PER_STAGE)}")
+    stages = list(ge_stages)
+    if not set(stages) <= set(STAGE_NAMES) or len(set(stages)) != len(stages):
+        raise invalid_argument("ge_stages", stages, "give distinct names from " + ", ".join(STAGE_NAMES))
+    if res5_dilation not in (1, 2):
+        raise invalid_argument("res5_dilation", res5_dilation, "use 1 or 2")
+    size = ge_global_input_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+        raise invalid_argument("ge_global_input_size", size, "use a positive multiple of 32 such as 224")
+    check_padding(padding)
 
 
 def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=256, num_groups=1,
                           width_per_group=64, norm="BN", stride_in_1x1=True, res5_dilation=1, ge_variant="none",
                           ge_stages=STAGE_NAMES, ge_extent=0, ge_norm=None, ge_reduction=16, ge_global_input_size=224,
-                          ge_fused="auto"):
+                          ge_fused="auto", ge_max_kernel=0, ge_mlp_bias=True, ge_theta_plus_relu=True,
+                          padding="symmetric"):
     """The stages res2-res5 of a GE-ResNet (the ``stages`` argument of detectron2's ``ResNet``, which drops
     those after its last ``out_features``), with ``ge_variant`` in the stages named in ``ge_stages`` and
     plain bottlenecks elsewhere.
@@ -72,16 +139,11 @@ def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=2
             res5_dilation: as detectron2's ``MODEL.RESNETS`` keys of the same names.
         ge_variant, ge_stages: the GE variant ("none", "theta_minus", "theta", "theta_plus", "se") and the
             stages that get it.
-        ge_extent, ge_norm, ge_reduction, ge_fused: as ``make_ge_stage``'s.
+        ge_extent, ge_norm, ge_reduction, ge_fused, ge_max_kernel, ge_mlp_bias, ge_theta_plus_relu, padding:
+            as ``make_ge_stage``'s.
         ge_global_input_size: input side at which a global theta/theta_plus kernel covers the whole map.
     """
-    if depth not in RESNET_DEPTHS:
-        raise ValueError(f"depth={depth!r} is invalid for a GE-ResNet: GE sits in bottleneck blocks, so use one of "
-                         f"{list(RESNET_DEPTHS)}.")
-    if not set(ge_stages) <= set(STAGE_NAMES) or len(set(ge_stages)) != len(ge_stages):
-        raise ValueError(f"ge_stages={list(ge_stages)!r} is invalid: give distinct names from {', '.join(STAGE_NAMES)}.")
-    if res5_dilation not in (1, 2):
-        raise ValueError(f"res5_dilation={res5_dilation!r} is invalid: use 1 or 2.")
+    check_ge_resnet_args(depth, ge_stages, res5_dilation, ge_global_input_size, padding)
     stages = []
     in_channels, out_channels, bottleneck_channels = stem_out_channels, res2_out_channels, num_groups * width_per_group
     for idx, (name, num_blocks) in enumerate(zip(STAGE_NAMES, _BLOCKS_PER_STAGE[depth])):
@@ -92,7 +154,8 @@ def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=2
             bottleneck_channels=bottleneck_channels, out_channels=out_channels, num_groups=num_groups, norm=norm,
             stride_in_1x1=stride_in_1x1, dilation=dilation, ge_variant=ge_variant if name in ge_stages else "none",
             ge_extent=ge_extent, ge_norm=ge_norm, ge_reduction=ge_reduction,
-            ge_global_kernel=ge_global_input_size // 2 ** (idx + 2), ge_fused=ge_fused))
+            ge_global_kernel=ge_global_input_size // 2 ** (idx + 2), ge_fused=ge_fused, ge_max_kernel=ge_max_kernel,
+            ge_mlp_bias=ge_mlp_bias, ge_theta_plus_relu=ge_theta_plus_relu, padding=padding))
         in_channels, out_channels, bottleneck_channels = out_channels, out_channels * 2, bottleneck_channels * 2
     return stages
 
@@ -101,8 +164,7 @@ def build_ge_resnet(cfg, in_channels, out_features=None, num_classes=None):
     """A GE-ResNet from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.GE``, unpacked as detectron2's
     ``build_resnet_backbone`` does. ``num_classes`` adds global pooling and a linear classifier."""
     stages = make_ge_resnet_stages(**ge_resnet_stages_args(cfg))
-    res = cfg.MODEL.RESNETS
-    stem = BasicStem(in_channels=in_channels, out_channels=res.STEM_OUT_CHANNELS, norm=res.NORM)
+    stem = make_ge_stem(in_channels, **ge_stem_args(cfg))
     return ResNet(stem, stages, num_classes=num_classes, out_features=out_features,
                   freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
 
