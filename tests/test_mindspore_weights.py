@@ -24,6 +24,7 @@ from detectron2.modeling import build_model
 from ge_detectron import build_ge_classifier
 from ge_detectron.checkpoint import load_weights
 from ge_detectron.config import get_ge_cfg
+from ge_detectron.layers.same_padding import same_padding
 from ge_detectron.pretrain import get_pretrain_cfg
 from ge_detectron.pretrain.mindspore import (MindSporeCheckpointError, convert_genet_checkpoint,
                                              genet_checkpoint_to_pkl, read_mindspore_checkpoint)
@@ -193,6 +194,12 @@ def their_logits(w, images, variant):
 
 
 # ---- the tests ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,kernel,stride,expected", [(224, 7, 2, (2, 3)), (112, 3, 2, (0, 1)), (56, 3, 1, (1, 1)),
+                                                         (56, 1, 2, (0, 0)), (7, 3, 2, (1, 1)), (28, 28, 1, (13, 14))])
+def test_same_padding_amounts(size, kernel, stride, expected):
+    assert same_padding(size, kernel, stride) == expected  # the issue's rule, worked by hand
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_issue_tag_list_has_the_published_counts(variant):
     shapes = their_tensors(variant)

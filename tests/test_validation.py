@@ -30,3 +30,20 @@ def test_gather_excite_arguments_and_their_keys(argument, key, value):
         GatherExcite(8, variant="theta_plus", **{argument: value})
     with pytest.raises(GEConfigError, match=rf"^{key} = {value!r} is invalid"):
         get_ge_cfg("configs/faster_rcnn_ge_r50.yaml", [key, value])
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("MODEL.GE.PADDING", "valid", "MODEL.GE.PADDING = 'valid' is invalid: allowed are 'symmetric', 'same'"),
+    ("MODEL.GE.STEM_NORM_EPS", -1.0, "MODEL.GE.STEM_NORM_EPS = -1.0 is invalid: use a positive float"),
+    ("MODEL.GE.GATHER_MAX_KERNEL", -28, "MODEL.GE.GATHER_MAX_KERNEL = -28 is invalid: use 0 \\(no limit\\)"),
+])
+def test_reproduction_options_name_their_keys(key, value, message):
+    with pytest.raises(GEConfigError, match="^" + message):
+        get_ge_cfg("configs/faster_rcnn_ge_r50.yaml", [key, value])
+
+
+@pytest.mark.parametrize("argument", ["mlp_bias", "theta_plus_relu"])
+def test_boolean_options_are_booleans(argument):
+    # From a YAML config, yacs already rejects a non-boolean value for these keys (their default is a bool).
+    with pytest.raises(ValueError, match=rf"^GatherExcite {argument}=1 is invalid: use True or False"):
+        GatherExcite(8, variant="theta_plus", **{argument: 1})
