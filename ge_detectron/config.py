@@ -82,7 +82,7 @@ def naming_config_keys():
 def validate_ge_config(cfg):
     """Check every ``MODEL.GE`` value, and the ``MODEL.RESNETS`` values a GE-ResNet restricts, with the checks of
     the functions that take them as arguments; raise ``GEConfigError`` (a ValueError) naming the first bad one."""
-    from .modeling.backbone import check_ge_resnet_args, check_stem_args  # modeling's YAML builders import this module
+    from .modeling.arguments import check_ge_resnet_args, check_stem_args  # modeling/__init__ imports this module
 
     ge, res = cfg.MODEL.GE, cfg.MODEL.RESNETS
     with naming_config_keys():

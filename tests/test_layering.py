@@ -14,6 +14,7 @@ LAYERS = [
     ("base", ["atomic", "compat", "evaluation", "launch", "benchmark"]),
     ("ops", ["ops", "_C"]),
     ("layers", ["layers"]),
+    ("builder arguments", ["modeling/arguments"]),
     ("config", ["config"]),
     ("modeling", ["modeling"]),
     ("data and checkpoints", ["data", "checkpoint"]),

@@ -13,13 +13,12 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from ..config import ge_resnet_stages_args, ge_stem_args
 from ..layers import Conv2dSame, GatherExcite, check_padding, invalid_argument, max_pool2d_same
+from .arguments import BLOCKS_PER_STAGE, STAGE_NAMES, check_ge_resnet_args, check_stem_args
 
 __all__ = ["GEBottleneckBlock", "SamePaddingStem", "make_ge_stem", "make_ge_stage", "make_ge_resnet_stages",
-           "check_ge_resnet_args", "check_stem_args", "build_ge_resnet", "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone",
+           "build_ge_resnet", "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone",
            "build_ge_retinanet_resnet_fpn_backbone"]
 
-STAGE_NAMES = ("res2", "res3", "res4", "res5")
-_BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}  # GE sits in bottleneck blocks
 
 
 class GEBottleneckBlock(BottleneckBlock):
@@ -62,13 +61,6 @@ class SamePaddingStem(BasicStem):
         return max_pool2d_same(F.relu_(self.conv1(x)), 3, 2)
 
 
-def check_stem_args(padding="symmetric", norm_eps=1e-5):
-    """Raise an ``invalid_argument`` error naming the first invalid ``make_ge_stem`` argument among these."""
-    check_padding(padding)
-    if isinstance(norm_eps, bool) or not isinstance(norm_eps, float) or not norm_eps > 0:
-        raise invalid_argument("norm_eps", norm_eps, "use a positive float such as 1e-5")
-
-
 def make_ge_stem(in_channels=3, out_channels=64, norm="BN", padding="symmetric", norm_eps=1e-5):
     """The ResNet stem: detectron2's ``BasicStem``, or ``SamePaddingStem`` for ``padding="same"``; its norm's
     epsilon set to ``norm_eps`` (1e-5 is every detectron2 norm's default; MindSpore's ResNet stem uses 1e-4)."""
@@ -107,23 +99,6 @@ def make_ge_stage(*, ge_variant="none", ge_extent=0, ge_norm=None, ge_reduction=
     return blocks
 
 
-def check_ge_resnet_args(depth=50, ge_stages=STAGE_NAMES, res5_dilation=1, ge_global_input_size=224,
-                         padding="symmetric"):
-    """Raise an ``invalid_argument`` error naming the first invalid ``make_ge_resnet_stages`` argument among these."""
-    if depth not in _BLOCKS_PER_STAGE:
-        raise invalid_argument("depth", depth, "GE sits in bottleneck blocks, so use one of "
-                              f"{list(_BLOCKS_PER_STAGE)}")
-    stages = list(ge_stages)
-    if not set(stages) <= set(STAGE_NAMES) or len(set(stages)) != len(stages):
-        raise invalid_argument("ge_stages", stages, "give distinct names from " + ", ".join(STAGE_NAMES))
-    if res5_dilation not in (1, 2):
-        raise invalid_argument("res5_dilation", res5_dilation, "use 1 or 2")
-    size = ge_global_input_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
-        raise invalid_argument("ge_global_input_size", size, "use a positive multiple of 32 such as 224")
-    check_padding(padding)
-
-
 def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=256, num_groups=1,
                           width_per_group=64, norm="BN", stride_in_1x1=True, res5_dilation=1, ge_variant="none",
                           ge_stages=STAGE_NAMES, ge_extent=0, ge_norm=None, ge_reduction=16, ge_global_input_size=224,
@@ -146,7 +121,7 @@ def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=2
     check_ge_resnet_args(depth, ge_stages, res5_dilation, ge_global_input_size, padding)
     stages = []
     in_channels, out_channels, bottleneck_channels = stem_out_channels, res2_out_channels, num_groups * width_per_group
-    for idx, (name, num_blocks) in enumerate(zip(STAGE_NAMES, _BLOCKS_PER_STAGE[depth])):
+    for idx, (name, num_blocks) in enumerate(zip(STAGE_NAMES, BLOCKS_PER_STAGE[depth])):
         dilation = res5_dilation if name == "res5" else 1
         first_stride = 1 if idx == 0 or dilation == 2 else 2
         stages.append(make_ge_stage(

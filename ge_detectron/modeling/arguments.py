@@ -1,0 +1,33 @@
+"""The checks of the GE-ResNet builders' plain arguments (``make_ge_stem``, ``make_ge_resnet_stages``), apart
+from the builders so that ``ge_detectron.config`` can run them on a config's values without importing the
+registered builders, which import ``config`` themselves."""
+from ..layers import check_padding, invalid_argument
+
+__all__ = ["STAGE_NAMES", "BLOCKS_PER_STAGE", "check_stem_args", "check_ge_resnet_args"]
+
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}  # GE sits in bottleneck blocks
+
+
+def check_stem_args(padding="symmetric", norm_eps=1e-5):
+    """Raise an ``invalid_argument`` error naming the first invalid ``make_ge_stem`` argument among these."""
+    check_padding(padding)
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, float) or not norm_eps > 0:
+        raise invalid_argument("norm_eps", norm_eps, "use a positive float such as 1e-5")
+
+
+def check_ge_resnet_args(depth=50, ge_stages=STAGE_NAMES, res5_dilation=1, ge_global_input_size=224,
+                         padding="symmetric"):
+    """Raise an ``invalid_argument`` error naming the first invalid ``make_ge_resnet_stages`` argument among these."""
+    if depth not in BLOCKS_PER_STAGE:
+        raise invalid_argument("depth", depth, "GE sits in bottleneck blocks, so use one of "
+                              f"{list(BLOCKS_PER_STAGE)}")
+    stages = list(ge_stages)
+    if not set(stages) <= set(STAGE_NAMES) or len(set(stages)) != len(stages):
+        raise invalid_argument("ge_stages", stages, "give distinct names from " + ", ".join(STAGE_NAMES))
+    if res5_dilation not in (1, 2):
+        raise invalid_argument("res5_dilation", res5_dilation, "use 1 or 2")
+    size = ge_global_input_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+        raise invalid_argument("ge_global_input_size", size, "use a positive multiple of 32 such as 224")
+    check_padding(padding)
