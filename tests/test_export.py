@@ -24,10 +24,9 @@ from ge_detectron import GatherExcite
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.detection.cli import run_predict
 from ge_detectron.detection.lazy import load_lazy_config
-from ge_detectron.detection.predictor import build_predictor
+from ge_detectron.detection.predictor import build_predictor, model_input
 from ge_detectron.export import ExportedPredictor, export_backbone, export_backbone_onnx
 from ge_detectron.export.cli import run_export
-from ge_detectron.export.tracing import model_input
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")

@@ -26,7 +26,7 @@ from ..launch import check_device
 from .lazy import LazyDetection
 from .trainer import YAMLDetection
 
-__all__ = ["PredictError", "list_inputs", "read_input", "load_trained_weights", "Predictor", "config_system_of",
+__all__ = ["PredictError", "list_inputs", "read_input", "model_input", "load_trained_weights", "Predictor", "config_system_of",
            "build_predictor", "write_predictions"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -98,6 +98,14 @@ def load_trained_weights(model, weights, config_file):
                            "Use the weights a training run with this config wrote (OUTPUT_DIR/model_final.pth).")
 
 
+def model_input(augmentations, image):
+    """The (C, H, W) uint8 tensor the model sees for an HWC image: resized by the test ``augmentations``
+    (a ``T.AugmentationList``), as evaluation's test mapper does."""
+    aug_input = T.AugInput(image)
+    augmentations(aug_input)
+    return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+
+
 class Predictor:
     """``model`` (in eval mode) on single images, as the test ``mapper`` prepares them for evaluation.
     ``metadata`` gives the Visualizer the class names; ``categories`` ([(dataset category id, name)] by
@@ -111,9 +119,7 @@ class Predictor:
     def __call__(self, image):
         """``Instances`` of one HWC image in ``self.image_format``, at its size, on the CPU."""
         height, width = image.shape[:2]
-        aug_input = T.AugInput(image)
-        self.augmentations(aug_input)
-        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        tensor = model_input(self.augmentations, image)
         with torch.no_grad():
             return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
 

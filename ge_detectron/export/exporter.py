@@ -11,7 +11,8 @@ import torch
 
 from ..atomic import AtomicFile
 from .schema import schema_to_json
-from .tracing import augmentations_to_json, model_input, tracing_adapter
+from ..detection.predictor import model_input
+from .tracing import augmentations_to_json, tracing_adapter
 
 __all__ = ["ExportError", "FORMATS", "ONNX_OPSET", "export_predictor", "spec_path", "sample_input",
            "foreign_operators"]

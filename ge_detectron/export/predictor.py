@@ -9,10 +9,10 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 
-from ..detection.predictor import PredictError, Predictor
+from ..detection.predictor import PredictError, Predictor, model_input
 from .exporter import spec_path
 from .schema import schema_from_json
-from .tracing import augmentations_from_json, detector_postprocess, model_input
+from .tracing import augmentations_from_json, detector_postprocess
 
 __all__ = ["ExportedPredictor", "onnx_runner", "torchscript_runner"]
 

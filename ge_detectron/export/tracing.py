@@ -8,23 +8,12 @@ predictor's own steps (``tools/predict.py``), run by ``ExportedPredictor`` with 
 """
 import inspect
 
-import numpy as np
-import torch
-from detectron2.data import transforms as T
 from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.utils.registry import _convert_target_to_string, locate
 
-__all__ = ["model_input", "tracing_adapter", "augmentations_to_json", "augmentations_from_json", "detector_postprocess"]
-
-
-def model_input(augmentations, image):
-    """The (C, H, W) uint8 tensor the model sees for an HWC image: resized by the test ``augmentations``
-    (a ``T.AugmentationList``), as the PyTorch predictor does."""
-    aug_input = T.AugInput(image)
-    augmentations(aug_input)
-    return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+__all__ = ["tracing_adapter", "augmentations_to_json", "augmentations_from_json", "detector_postprocess"]
 
 
 def _instances_at_input_size(model, inputs):
