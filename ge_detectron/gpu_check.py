@@ -406,32 +406,24 @@ def markdown(report):
     lines += ["", "## Targets", "", "| target | measured | pass |", "| --- | --- | --- |"]
     lines += [f"| {t['target']} | {t['shown']} | {'-' if t['pass'] is None else 'yes' if t['pass'] else 'NO'} |"
               for t in report["targets"]]
-    for name, section in SECTIONS.items():
+    for name in SECTIONS:
         if name in steps:
-            lines += section(steps[name])
+            lines += _section(name, steps[name])
     return "\n".join(lines) + "\n"
 
 
-def _op_tests_section(step):
-    r = step["result"]
-    lines = ["", "## Op tests", ""]
-    if r is None:
-        return lines + [f"No result ({step['status']}): see {step['log']}."]
-    lines.append(f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped.")
+def _op_tests_section(r):
+    lines = [f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped."]
     return lines + [f"- failed: `{name}`" for name in r["failures"]]
 
 
-def _excite_section(step):
-    r = step["result"]
-    lines = ["", "## Excite operator", ""]
-    if r is None:
-        return lines + [f"No result ({step['status']}): see {step['log']}."]
-    lines += [f"Copy bandwidth {r['copy_gbps']:.1f} GB/s (device to device, same run); {r['cases_done']} of "
-              f"{r['cases']} cases{'' if r['complete'] else ' (stopped at its budget)'}. "
-              "ms = fused forward + backward; of copy = the fused operator's minimal traffic over its time, as a "
-              "share of the copy's bandwidth; vs X = X's fwd+bwd time / fused's.", "",
-              "| map | extent | dtype | layout | fused fwd+bwd ms | fwd of copy | bwd of copy | of copy | vs eager | "
-              "vs timm | vs torch.compile |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def _excite_section(r):
+    lines = [f"Copy bandwidth {r['copy_gbps']:.1f} GB/s (device to device, same run); {r['cases_done']} of "
+             f"{r['cases']} cases{'' if r['complete'] else ' (stopped at its budget)'}. "
+             "ms = fused forward + backward; of copy = the fused operator's minimal traffic over its time, as a "
+             "share of the copy's bandwidth; vs X = X's fwd+bwd time / fused's.", "",
+             "| map | extent | dtype | layout | fused fwd+bwd ms | fwd of copy | bwd of copy | of copy | vs eager | "
+             "vs timm | vs torch.compile |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in r["rows"]:
         share = row["share_of_copy"]
         lines.append(f"| {row['map']} | {row['extent'] or 'global'} | {row['dtype']} | {row['layout']} | "
@@ -442,48 +434,46 @@ def _excite_section(step):
     return lines
 
 
-def _model_section(step):
-    r = step["result"]
-    lines = ["", "## Model training step and inference", ""]
-    if r is None:
+def _model_section(r):
+    lines = [f"Faster R-CNN R50-FPN, {r['batch']} images of {r['image']}, AMP {r['amp']}, median of {r['iters']} "
+             "steps, the models taking turns.", "",
+             "| model | train step ms | vs R50 | inference img/s | vs R50 |", "| --- | --- | --- | --- | --- |"]
+    return lines + [f"| {row['model']} | {row['train_step_ms']:.1f} | {row['train_vs_r50']:.3f} | "
+                    f"{row['inference_images_per_s']:.2f} | {row['inference_vs_r50']:.3f} |" for row in r["rows"]]
+
+
+def _train_section(r):
+    return ["| config | AMP | timed iterations | iterations/s | box AP | last total loss |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| {os.path.relpath(DEMO_CONFIG, REPO)} | {r['amp']} | {r['timed_iterations']} | "
+            f"{r['iterations_per_s']:.2f} | "
+            f"{_fmt(r['bbox_AP'], '.2f')} | {_fmt(r['last_total_loss'], '.4f')} |"]
+
+
+def _losses_section(r):
+    lines = [f"GE modules on the fused operator: {r['fused_modules']['on']} in the fused run, "
+             f"{r['fused_modules']['off']} in the reference run.", "",
+             f"| iteration | fused | reference | relative difference (tolerance {r['rtol']:g}) |",
+             "| --- | --- | --- | --- |"]
+    return lines + [f"| {i} | {a:.6f} | {b:.6f} | {d:.2e} |"
+                    for i, (a, b, d) in enumerate(zip(r["fused"], r["reference"], r["relative_diff"]))]
+
+
+# Per step: its report heading, the lines under it whatever the result, and the lines of its result.
+SECTIONS = {"op_tests": ("Op tests", [], _op_tests_section),
+            "excite": ("Excite operator", [], _excite_section),
+            "model": ("Model training step and inference", [], _model_section),
+            "train": ("Demo training", [], _train_section),
+            "losses": ("Fused against reference training",
+                       ["The demo config from the same seed, total loss per iteration.", ""], _losses_section)}
+
+
+def _section(name, step):
+    heading, preface, body = SECTIONS[name]
+    lines = ["", f"## {heading}", "", *preface]
+    if step["result"] is None:
         return lines + [f"No result ({step['status']}): see {step['log']}."]
-    lines += [f"Faster R-CNN R50-FPN, {r['batch']} images of {r['image']}, AMP {r['amp']}, median of {r['iters']} "
-              "steps, the models taking turns.", "",
-              "| model | train step ms | vs R50 | inference img/s | vs R50 |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {row['model']} | {row['train_step_ms']:.1f} | {row['train_vs_r50']:.3f} | "
-              f"{row['inference_images_per_s']:.2f} | {row['inference_vs_r50']:.3f} |" for row in r["rows"]]
-    return lines
-
-
-def _train_section(step):
-    r = step["result"]
-    lines = ["", "## Demo training", ""]
-    if r is None:
-        return lines + [f"No result ({step['status']}): see {step['log']}."]
-    return lines + ["| config | AMP | timed iterations | iterations/s | box AP | last total loss |",
-                  "| --- | --- | --- | --- | --- | --- |",
-                  f"| {os.path.relpath(DEMO_CONFIG, REPO)} | {r['amp']} | {r['timed_iterations']} | "
-                  f"{r['iterations_per_s']:.2f} | "
-                  f"{_fmt(r['bbox_AP'], '.2f')} | {_fmt(r['last_total_loss'], '.4f')} |"]
-
-
-def _losses_section(step):
-    r = step["result"]
-    lines = ["", "## Fused against reference training", "",
-             "The demo config from the same seed, total loss per iteration.", ""]
-    if r is None:
-        return lines + [f"No result ({step['status']}): see {step['log']}."]
-    lines += [f"GE modules on the fused operator: {r['fused_modules']['on']} in the fused run, "
-              f"{r['fused_modules']['off']} in the reference run.", "",
-              f"| iteration | fused | reference | relative difference (tolerance {r['rtol']:g}) |",
-              "| --- | --- | --- | --- |"]
-    lines += [f"| {i} | {a:.6f} | {b:.6f} | {d:.2e} |"
-              for i, (a, b, d) in enumerate(zip(r["fused"], r["reference"], r["relative_diff"]))]
-    return lines
-
-
-SECTIONS = {"op_tests": _op_tests_section, "excite": _excite_section, "model": _model_section,
-            "train": _train_section, "losses": _losses_section}
+    return lines + body(step["result"])
 
 
 def summary(report):
