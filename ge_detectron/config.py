@@ -6,7 +6,7 @@ import contextlib
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from .layers import check_gather_excite_args
+from .layers import check_gather_excite_args, check_ge_resnet_args, check_stem_args
 
 
 class GEConfigError(ValueError):
@@ -82,8 +82,6 @@ def naming_config_keys():
 def validate_ge_config(cfg):
     """Check every ``MODEL.GE`` value, and the ``MODEL.RESNETS`` values a GE-ResNet restricts, with the checks of
     the functions that take them as arguments; raise ``GEConfigError`` (a ValueError) naming the first bad one."""
-    from .modeling.arguments import check_ge_resnet_args, check_stem_args  # modeling/__init__ imports this module
-
     ge, res = cfg.MODEL.GE, cfg.MODEL.RESNETS
     with naming_config_keys():
         check_gather_excite_args(ge.VARIANT, ge.EXTENT, ge.REDUCTION, ge.FUSED, ge.NORM or None, ge.GATHER_MAX_KERNEL,
