@@ -148,6 +148,11 @@ def ge_classifier_args(cfg):
     return {"num_classes": cfg.MODEL.GE.NUM_CLASSES, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
 
 
+def config_file_not_found(path):
+    """The GEConfigError of a config file (YAML, its ``_BASE_``, or a LazyConfig) that does not exist."""
+    return GEConfigError(f"config file not found: {path!r}.")
+
+
 def merge_cfg(cfg, config_file=None, opts=()):
     """Merge a YAML file and ``KEY VALUE`` overrides into ``cfg``; a bad file, key or value raises
     GEConfigError naming it."""
@@ -156,7 +161,7 @@ def merge_cfg(cfg, config_file=None, opts=()):
             cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
     except FileNotFoundError as e:
-        raise GEConfigError(f"config file not found: {e.filename or config_file!r}.") from None
+        raise config_file_not_found(e.filename or config_file) from None
     except (KeyError, ValueError, AssertionError) as e:
         raise GEConfigError(f"cannot merge config {config_file!r} with overrides {list(opts)}: {e}") from None
     return cfg

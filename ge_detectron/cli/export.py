@@ -4,9 +4,10 @@ import argparse
 
 from ..detection.images import read_input
 from ..detection.predictor import build_predictor
-from ..detection.task_mixin import add_register_coco_option, register_coco_datasets
+from ..detection.task_mixin import register_coco_datasets
 from ..export.exporter import FORMATS, check_format, export_predictor, spec_path
 from .checks import exit_on_check_error
+from .options import add_dataset_and_override_options, weights_epilog
 
 __all__ = ["export_argument_parser", "run_export"]
 
@@ -16,17 +17,13 @@ def export_argument_parser():
         prog="export_model.py",
         description="Export a trained detector to TorchScript or ONNX: DIR/model.ts or DIR/model.onnx, and "
                     "DIR/model.onnx.json or model.ts.json (the input format, test resize, class names, output layout).",
-        epilog="Without MODEL.WEIGHTS (YAML) or train.init_checkpoint=... (LazyConfig) the last checkpoint "
-               "that training with the config wrote to its output directory is exported.")
+        epilog=weights_epilog("exported"))
     parser.add_argument("--config-file", required=True, metavar="FILE", help="a YAML config or a LazyConfig (.py)")
     parser.add_argument("--format", required=True, metavar="FORMAT", help=" or ".join(FORMATS))
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the model file and its JSON file")
     parser.add_argument("--sample-image", metavar="IMG",
                         help="the image to trace with (best one with detections); default: a noise image")
-    add_register_coco_option(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="config overrides: KEY VALUE pairs (YAML) or key=value (LazyConfig)")
-    return parser
+    return add_dataset_and_override_options(parser)
 
 
 def run_export(argv=None):

@@ -5,9 +5,10 @@ import os
 
 from ..detection.images import list_inputs, write_predictions
 from ..detection.predictor import build_predictor
-from ..detection.task_mixin import add_register_coco_option, register_coco_datasets
+from ..detection.task_mixin import register_coco_datasets
 from ..export.predictor import ExportedPredictor
 from .checks import exit_on_check_error
+from .options import add_dataset_and_override_options, weights_epilog
 
 __all__ = ["predict_argument_parser", "run_predict"]
 
@@ -15,8 +16,7 @@ __all__ = ["predict_argument_parser", "run_predict"]
 def predict_argument_parser():
     parser = argparse.ArgumentParser(
         description="Run a trained detector on images; draw its detections (boxes, masks) on each.",
-        epilog="Without MODEL.WEIGHTS (YAML) or train.init_checkpoint=... (LazyConfig) the last checkpoint "
-               "that training with the config wrote to its output directory is used.")
+        epilog=weights_epilog("used"))
     parser.add_argument("--config-file", metavar="FILE", help="a YAML config or a LazyConfig (.py)")
     parser.add_argument("--onnx", metavar="FILE", help="instead of --config-file: a model.onnx (or model.ts) of "
                                                        "tools/export_model.py, run in ONNX Runtime (TorchScript)")
@@ -26,10 +26,7 @@ def predict_argument_parser():
     parser.add_argument("--json", action="store_true", help="also write all detections as COCO results to "
                                                              "DIR/predictions.json")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this")
-    add_register_coco_option(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="config overrides: KEY VALUE pairs (YAML) or key=value (LazyConfig)")
-    return parser
+    return add_dataset_and_override_options(parser)
 
 
 def run_predict(argv=None):

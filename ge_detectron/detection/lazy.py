@@ -20,7 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
-from ..config import GEConfigError
+from ..config import GEConfigError, config_file_not_found
 from ..engine import GETrainer, TaskAdapter
 from .task_mixin import DetectionTaskMixin
 
@@ -37,7 +37,7 @@ def load_lazy_config(path, overrides=()):
     override, or an override of a key the config does not have (a typo would otherwise add a key nobody
     reads; write ``+key=value`` to add one on purpose) raises GEConfigError naming it."""
     if not os.path.isfile(path):
-        raise GEConfigError(f"config file not found: {path!r}.")
+        raise config_file_not_found(path)
     try:
         cfg = LazyConfig.load(path)
     except Exception as e:  # anything the config's own code raises, e.g. a syntax error or a bad import
