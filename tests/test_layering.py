@@ -231,6 +231,16 @@ def test_the_checker_reports_an_upward_import_a_cycle_and_a_hidden_function_leve
     assert function_level_imports(str(root), "pkg") == []
 
 
+def test_layers_are_docs_design_md_map():
+    """LAYERS is the table of docs/design.md's map: the same layers in the same order with the same modules."""
+    text = open(os.path.join(REPO, "docs", "design.md")).read().split("## Map", 1)[1]
+    table_lines = text[text.index("\n|"):].strip().split("\n\n")[0].splitlines()[2:]  # after header and rule
+    rows = [line.split("|")[1:3] for line in table_lines]
+    table = [(layer.strip(), [m.removesuffix(".py").rstrip("/") for m in modules.split("`")[1::2] if m != "csrc/"])
+             for layer, modules in rows]
+    assert table == LAYERS
+
+
 def test_layers_import_nothing_from_config_and_name_no_config_keys():
     files = glob.glob(os.path.join(REPO, "ge_detectron", "layers", "*.py"))
     assert files
