@@ -1,4 +1,4 @@
-"""The timing harness of tools/benchmark_excite.py and tools/benchmark_model.py.
+"""The timing harness of tools/benchmark_excite.py, tools/benchmark_model.py and tools/benchmark_export.py.
 
 Functions are timed in rounds: a round calls every function once, starting one later each round, so
 that background load on a shared machine and the caches left by the function before hit all alike.
@@ -10,6 +10,7 @@ import statistics
 import time
 
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 
 
 def rotations(names, rounds):
@@ -72,3 +73,20 @@ def cpu_name():
 def device_name(device):
     """The GPU's name on CUDA, the CPU's model name otherwise."""
     return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
+
+
+def calibrate_frozen_norms(model, inputs):
+    """Set every FrozenBatchNorm2d's running mean and variance to those of its input on ``inputs`` (the model's
+    inference inputs), in one inference pass: each norm sees its input as normalised by the norms before it.
+    A randomly initialised detector then does the work of a trained one (docs/benchmarks.md)."""
+    def set_statistics(norm, args):
+        x = args[0].double()
+        norm.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        norm.running_var.copy_(x.var(dim=(0, 2, 3)))
+
+    hooks = [m.register_forward_pre_hook(set_statistics) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    model.eval()
+    with torch.no_grad():
+        model(inputs)
+    for hook in hooks:
+        hook.remove()

@@ -23,6 +23,8 @@ import re
 import sys
 import types
 
+from .coco_eval import fast_coco_eval
+
 logger = logging.getLogger(__name__)
 
 EXTENSION_PLACEHOLDER = "detectron2._C placeholder (detectron2 built without its C++/CUDA extension)"
@@ -235,12 +237,10 @@ def _map_dataset_sampling():
 
 def _coco_eval_without_extension():
     """Without the extension, detectron2's fast COCO evaluator (``COCOeval_opt``, the default of
-    COCOEvaluator) is C++ that is missing: ``ge_detectron.evaluation.fast_coco_eval`` takes its place."""
+    COCOEvaluator) is C++ that is missing: ``ge_detectron.coco_eval.fast_coco_eval`` takes its place."""
     if EXTENSION_PLACEHOLDER not in _applied:
         return
     from detectron2.evaluation import coco_evaluation
-
-    from .evaluation import fast_coco_eval
 
     coco_evaluation.COCOeval_opt = fast_coco_eval
     _applied.append("detectron2.evaluation's COCOeval_opt = ge_detectron.evaluation.fast_coco_eval "

@@ -6,7 +6,7 @@ import contextlib
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from .layers import check_gather_excite_args
+from .layers import check_gather_excite_args, check_ge_resnet_args, check_stem_args
 
 
 class GEConfigError(ValueError):
@@ -82,8 +82,6 @@ def naming_config_keys():
 def validate_ge_config(cfg):
     """Check every ``MODEL.GE`` value, and the ``MODEL.RESNETS`` values a GE-ResNet restricts, with the checks of
     the functions that take them as arguments; raise ``GEConfigError`` (a ValueError) naming the first bad one."""
-    from .modeling.arguments import check_ge_resnet_args, check_stem_args  # modeling/__init__ imports this module
-
     ge, res = cfg.MODEL.GE, cfg.MODEL.RESNETS
     with naming_config_keys():
         check_gather_excite_args(ge.VARIANT, ge.EXTENT, ge.REDUCTION, ge.FUSED, ge.NORM or None, ge.GATHER_MAX_KERNEL,
@@ -150,6 +148,11 @@ def ge_classifier_args(cfg):
     return {"num_classes": cfg.MODEL.GE.NUM_CLASSES, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
 
 
+def config_file_not_found(path):
+    """The GEConfigError of a config file (YAML, its ``_BASE_``, or a LazyConfig) that does not exist."""
+    return GEConfigError(f"config file not found: {path!r}.")
+
+
 def merge_cfg(cfg, config_file=None, opts=()):
     """Merge a YAML file and ``KEY VALUE`` overrides into ``cfg``; a bad file, key or value raises
     GEConfigError naming it."""
@@ -158,7 +161,7 @@ def merge_cfg(cfg, config_file=None, opts=()):
             cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
     except FileNotFoundError as e:
-        raise GEConfigError(f"config file not found: {e.filename or config_file!r}.") from None
+        raise config_file_not_found(e.filename or config_file) from None
     except (KeyError, ValueError, AssertionError) as e:
         raise GEConfigError(f"cannot merge config {config_file!r} with overrides {list(opts)}: {e}") from None
     return cfg

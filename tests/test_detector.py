@@ -1,5 +1,6 @@
 """Faster R-CNN with GE end to end on tiny generated data, every shipped config, and train_net's errors."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -7,8 +8,6 @@ import sys
 import pytest
 import torch
 from detectron2.data import MetadataCatalog
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.detection import DetectionTrainer as Trainer
@@ -32,7 +31,10 @@ def tiny_cfg(base, tiny_shapes, output_dir, extra=()):
     ("configs/faster_rcnn_ge_r50.yaml", ()),
     ("configs/faster_rcnn_ge_r50_fpn.yaml", ("MODEL.FPN.NORM", "GN", "MODEL.GE.VARIANT", "theta_plus", "MODEL.GE.EXTENT", 0)),
 ])
-def test_one_training_iteration_and_coco_evaluation(base, extra, tiny_shapes, tmp_path):
+def test_one_training_iteration_then_evaluation_runs(base, extra, tiny_shapes, tmp_path):
+    """A smoke test of the whole path: one SGD step with finite losses that moves the GE parameters, then
+    tools/train_net.py's evaluation writing the detections it scored. The evaluation's numbers are checked
+    against pycocotools and by hand on hand-made detections in test_evaluation.py."""
     cfg = tiny_cfg(base, tiny_shapes, tmp_path, extra)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -40,22 +42,18 @@ def test_one_training_iteration_and_coco_evaluation(base, extra, tiny_shapes, tm
     assert ge_params
     trainer.train()
     assert trainer.iter == cfg.SOLVER.MAX_ITER and trainer.storage.history("total_loss").latest() > 0
+    losses = {k: h.latest() for k, h in trainer.storage.histories().items() if k.startswith("loss_")}
+    assert {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
+    assert all(math.isfinite(v) for v in losses.values()), losses
     changed = [n for n, p in trainer.model.named_parameters() if n in ge_params and not torch.equal(p, ge_params[n])]
     assert changed, "one SGD step should move the GE parameters"
 
     results = Trainer.test(cfg, trainer.model)["bbox"]
     assert list(results)[:6] == ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-    # the evaluator's numbers (faster-coco-eval backend) against pycocotools on the same detections
-    coco_gt = COCO(MetadataCatalog.get(tiny_shapes["val"]).json_file)
     detections = json.load(open(tmp_path / "inference" / "coco_instances_results.json"))
     assert detections, "SCORE_THRESH_TEST 0 keeps the untrained model's boxes"
-    reference = COCOeval(coco_gt, coco_gt.loadRes(detections), "bbox")
-    reference.evaluate()
-    reference.accumulate()
-    reference.summarize()
-    for i, key in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl"]):
-        expected = reference.stats[i] * 100 if reference.stats[i] >= 0 else float("nan")
-        assert results[key] == pytest.approx(expected, abs=1e-4, nan_ok=True), key
+    image_ids = {image["id"] for image in json.load(open(MetadataCatalog.get(tiny_shapes["val"]).json_file))["images"]}
+    assert {d["image_id"] for d in detections} <= image_ids and all(0 <= d["score"] <= 1 for d in detections)
 
 
 def run_train_net(*args, env=None):

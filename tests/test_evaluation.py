@@ -6,6 +6,7 @@ the VOC convention of 1-based pixel coordinates)."""
 import json
 import logging
 import os
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -184,6 +185,56 @@ def test_coco_json_with_integer_ids_uses_the_fast_backend(images, tmp_path, capl
     assert 0 < expected["AP"] < 100
     assert_same_metrics(results, expected)
     assert fallback_lines(caplog) == []
+
+
+@pytest.fixture(params=["faster-coco-eval", "pycocotools"])
+def coco_backend(request, monkeypatch):
+    """The project's COCO evaluation as ``compat`` sets it up where detectron2 lacks its extension (COCOEvaluator
+    with ``fast_coco_eval`` for ``COCOeval_opt``), on either of its paths: faster-coco-eval, or pycocotools as
+    when faster-coco-eval is not installed."""
+    monkeypatch.setattr(coco_evaluation, "COCOeval_opt", fast_coco_eval)
+    if request.param == "faster-coco-eval":
+        pytest.importorskip("faster_coco_eval")
+    else:
+        monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # its import raises ImportError
+    return request.param
+
+
+def expected_fallback_lines(backend):
+    return [] if backend == "faster-coco-eval" else ["COCO evaluation with pycocotools: faster-coco-eval is not "
+                                                     "installed."]
+
+
+def test_coco_evaluation_of_a_hit_and_a_false_positive_by_hand(coco_backend, tmp_path, caplog):
+    """One image with two circles (20 x 20, "small"); a detection on the first circle (score 0.9) and one where
+    nothing is (0.8). Precision is 1 up to recall 1/2 at every IoU threshold, then 0 for the missed circle, so
+    each AP is the share of COCO's 101 recall points up to 0.5: 51 / 101; no medium or large objects (NaN)."""
+    name = f"ge_test_coco_by_hand_{coco_backend}"
+    coco_gt = register_coco_json(tmp_path, name, [("1", [("circle", 5, 5, 24, 24), ("circle", 35, 35, 54, 54)])])
+    predictions = [[(0, 4.0, 4.0, 24.0, 24.0, 0.9), (0, 40.0, 2.0, 60.0, 22.0, 0.8)]]
+    with caplog.at_level(logging.INFO, logger="ge_detectron"):
+        results = evaluate(name, [1], predictions, tmp_path)
+    by_hand = 100 * 51 / 101
+    for key in ("AP", "AP50", "AP75", "APs", "AP-circle"):
+        assert results[key] == pytest.approx(by_hand, abs=1e-6), key
+    assert all(np.isnan(results[key]) for key in ("APm", "APl", "AP-square", "AP-triangle"))
+    assert_same_metrics(results, reference_metrics(coco_gt, predictions, [1], category_ids=[1, 2, 3]))
+    assert fallback_lines(caplog) == expected_fallback_lines(coco_backend)
+
+
+def test_coco_evaluation_of_hand_made_detections_equals_pycocotools(coco_backend, tmp_path, caplog):
+    """Three images, two classes with objects and one without; shifted hits, a wrong-class box and false
+    positives (``predictions_for``): every summary number and per-class AP equals pycocotools' on the same
+    detections, and AP lies strictly between 0 and 100."""
+    name = f"ge_test_coco_hand_made_{coco_backend}"
+    coco_gt = register_coco_json(tmp_path, name, VOC_IMAGES)
+    predictions = [predictions_for(objects, i) for i, (_, objects) in enumerate(VOC_IMAGES)]
+    with caplog.at_level(logging.INFO, logger="ge_detectron"):
+        results = evaluate(name, [1, 2, 3], predictions, tmp_path)
+    expected = reference_metrics(coco_gt, predictions, [1, 2, 3], category_ids=[1, 2, 3])
+    assert 0 < expected["AP"] < 100 and 0 < results["AP"] < 100
+    assert_same_metrics(results, expected)
+    assert fallback_lines(caplog) == expected_fallback_lines(coco_backend)
 
 
 def test_no_predictions_gives_detectron2s_nan_metrics(tmp_path, caplog):

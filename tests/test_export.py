@@ -22,11 +22,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ge_detectron import GatherExcite
 from ge_detectron.config import get_ge_cfg
-from ge_detectron.detection.cli import run_predict
+from ge_detectron.cli.predict import run_predict
 from ge_detectron.detection.lazy import load_lazy_config
-from ge_detectron.detection.predictor import build_predictor, model_input
+from ge_detectron.detection.images import model_input
+from ge_detectron.detection.predictor import build_predictor
 from ge_detectron.export import ExportedPredictor, export_backbone, export_backbone_onnx
-from ge_detectron.export.cli import run_export
+from ge_detectron.cli.export import run_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")

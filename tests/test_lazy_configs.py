@@ -19,7 +19,7 @@ from helpers import PAPER, TINY_C4, ToolRun, check_resumed_weights_equal_uninter
 from ge_detectron import GatherExcite
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.data import generate_shapes_split
-from ge_detectron.detection.cli import run_lazyconfig_train_net
+from ge_detectron.cli.train import run_lazyconfig_train_net
 from ge_detectron.detection.lazy import LazyTrainer, load_lazy_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,8 @@ from detectron2.data import MetadataCatalog
 from helpers import DEMO, MASK_DEMO, REPO, TINY
 from PIL import Image
 
-from ge_detectron.detection.cli import run_predict, run_train_net
+from ge_detectron.cli.predict import run_predict
+from ge_detectron.cli.train import run_train_net
 
 pytestmark = pytest.mark.slow  # every test here trains or runs a subprocess
 

@@ -7,7 +7,7 @@ import pytest
 from helpers import DEMO, PAPER, REPO, RETINANET, TINY, TINY_C4, tiny
 
 from ge_detectron.data import generate_shapes_split
-from ge_detectron.detection.cli import run_lazyconfig_train_net, run_train_net
+from ge_detectron.cli.train import run_lazyconfig_train_net, run_train_net
 
 
 def users_dataset(root, name, num_images, seed, bad=False):

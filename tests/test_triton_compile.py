@@ -25,6 +25,43 @@ needs_triton = pytest.mark.skipif(excite_triton is None and os.environ.get("GE_R
                                   reason="triton is not installed")
 ARCHS = (80, 90)
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Each kernel's Triton signature, written from the kernels' parameters (excite_kernels.py): "*X" a pointer in
+# x's type, "*G" one in g's type (g and grad_g), "*fp32" the float32 partial sums; integers and scales by their
+# annotations; constexprs last.
+_FORWARD_INTS = ["C", "H", "W", "h", "w", "HW", "g_sn", "g_sc", "g_sh", "g_sw"]
+_GRADIENTS = {"grad_out_ptr": "*X", "out_ptr": "*X", "x_ptr": "*X", "g_ptr": "*G", "grad_x_ptr": "*X",
+              "grad_shortcut_ptr": "*X", "grad_g_ptr": "*G"}
+SIGNATURES = {
+    "excite_forward_kernel": {
+        "x_ptr": "*X", "g_ptr": "*G", "shortcut_ptr": "*X", "out_ptr": "*X", "numel": "i64", "has_shortcut": "i32",
+        **dict.fromkeys(_FORWARD_INTS, "i32"), "scale_h": "fp32", "scale_w": "fp32",
+        "magic_c": "i64", "shift_c": "i32", "magic_w": "i64", "shift_w": "i32", "magic_h": "i64", "shift_h": "i32",
+        "magic_hw": "i64", "shift_hw": "i32", "CHANNELS_LAST": "constexpr", "BLOCK": "constexpr"},
+    "excite_backward_span_kernel": {
+        **_GRADIENTS, "has_out": "i32", "aligned": "i32", "planes": "i32",
+        **dict.fromkeys(["C", "H", "W", "h", "HW", "g_sn", "g_sc", "g_sh", "gg_sn", "gg_sc", "gg_sh"], "i32"),
+        "scale_h": "fp32", "PB": "constexpr", "BS": "constexpr"},
+    "excite_backward_band_kernel": {
+        **_GRADIENTS, "has_out": "i32", "aligned": "i32", "planes": "i32",
+        **dict.fromkeys(_FORWARD_INTS + ["gg_sn", "gg_sc", "gg_sh", "gg_sw"], "i32"),
+        "scale_h": "fp32", "scale_w": "fp32", "PB": "constexpr", "BR": "constexpr", "BW": "constexpr"},
+    "excite_backward_cell_kernel": {
+        **_GRADIENTS, "partial_ptr": "*fp32", "has_out": "i32", "aligned": "i32",
+        **dict.fromkeys(["C", "H", "W", "h", "w", "row_blocks", "rows_per_block", "g_sn", "g_sc", "g_sh", "g_sw",
+                         "gg_sn", "gg_sc", "gg_sh", "gg_sw"], "i32"),
+        "scale_h": "fp32", "scale_w": "fp32", "BQ": "constexpr", "BC": "constexpr"},
+    "excite_backward_cell_sum_kernel": {
+        "partial_ptr": "*fp32", "g_ptr": "*G", "grad_g_ptr": "*G",
+        **dict.fromkeys(["cells", "row_blocks", "C", "h", "w", "g_sn", "g_sc", "g_sh", "g_sw", "gg_sn", "gg_sc",
+                         "gg_sh", "gg_sw"], "i32"),
+        "BK": "constexpr", "BC": "constexpr"},
+}
+
+
+def expected_signature(kernel, x_type, g_type):
+    """SIGNATURES' entry of ``kernel`` with x's and g's Triton types put in."""
+    types = {"*X": "*" + x_type, "*G": "*" + g_type}
+    return {p: types.get(t, t) for p, t in SIGNATURES[kernel.__name__].items()}
 
 
 def test_triton_is_installed():
@@ -137,10 +174,28 @@ def test_triton_launches_only_compiled_specializations(monkeypatch):
     assert launches
     for kernel, args, kwargs in launches:
         params = kernel.arg_names
-        signature = {p: excite_triton._signature(kernel, TYPES[args[params.index("x_ptr")].dtype] if "x_ptr" in params
-                                                 else "fp32", TYPES[args[params.index("g_ptr")].dtype])[p]
-                     for p in params}
+        signature = expected_signature(kernel, TYPES[args[params.index("x_ptr")].dtype] if "x_ptr" in params
+                                       else "fp32", TYPES[args[params.index("g_ptr")].dtype])
+        assert list(signature) == params, kernel.__name__
         constexprs = {p: kwargs[p] for p in params if signature[p] == "constexpr"}
         options = {k: v for k, v in kwargs.items() if k not in params}
         assert (kernel, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())),
                 tuple(sorted(options.items()))) in compiled, (kernel.__name__, constexprs, options)
+
+
+@needs_triton
+def test_compiled_specializations_have_the_kernels_signatures():
+    """Every specialization the compile tests build has its kernel's signature (SIGNATURES) for its x and g
+    types, and the specializations cover the five dtype pairs of the launcher for every kernel."""
+    seen = set()
+    for kernel, signature, constexprs, _ in excite_triton.specializations():
+        x_type = signature["x_ptr"][1:] if "x_ptr" in signature else "fp32"
+        assert signature == expected_signature(kernel, x_type, signature["g_ptr"][1:]), kernel.__name__
+        assert set(constexprs) == {p for p, t in signature.items() if t == "constexpr"}, kernel.__name__
+        seen.add((kernel.__name__, x_type, signature["g_ptr"][1:]))
+    pairs = {("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("fp16", "fp32"), ("bf16", "fp32")}
+    for name in SIGNATURES:
+        if name == "excite_backward_cell_sum_kernel":  # float32 partial sums into g's type
+            assert {(x, g) for n, x, g in seen if n == name} == {("fp32", "fp32"), ("fp32", "fp16"), ("fp32", "bf16")}
+        else:
+            assert {(x, g) for n, x, g in seen if n == name} == pairs, name

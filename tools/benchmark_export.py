@@ -7,11 +7,11 @@ writes it) and ONNX Runtime, on one image of 800x1216 (batch 1).
 What is timed is the exported graph's work, the same in the three runtimes: the resized uint8 image to the
 detections at its size (``model.inference(..., do_postprocess=False)``); reading and resizing the image
 and rescaling the detections are outside it. The models are randomly initialised; their frozen norms get
-the statistics of their inputs on the image (tools/benchmark_model.py's ``calibrate_frozen_norms``), so
+the statistics of their inputs on the image (ge_detectron.benchmark's ``calibrate_frozen_norms``), so
 that the RPN and the RoI heads do the work of a trained model (all 1000 proposals) in both models.
 
 All six (model, runtime) pairs take turns: a round runs each once, starting one later each round, so
-background load on a shared machine hits all alike (tools/benchmark_model.py's ``round_robin_ms``). The
+background load on a shared machine hits all alike (ge_detectron.benchmark's ``Timer``). The
 table gives the median and the best (minimum) ms per image; images/s is 1000 / median. The load average
 before and after is printed.
 
@@ -34,8 +34,7 @@ from detectron2.modeling import build_model
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.export.tracing import tracing_adapter
 
-from benchmark_excite import cpu_name  # tools/ is on sys.path when this script runs
-from benchmark_model import calibrate_frozen_norms, round_robin_ms
+from ge_detectron.benchmark import Timer, calibrate_frozen_norms, cpu_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {"GE-θ E8 R50-FPN": "configs/faster_rcnn_ge_r50_fpn.yaml", "R50-FPN": "configs/faster_rcnn_r50_fpn.yaml"}
@@ -91,7 +90,7 @@ def main():
         calls, detections = runtimes(config_file, image, args.threads)
         print(f"{name}: detections per runtime {detections}", file=sys.stderr)
         fns.update({(name, runtime): fn for runtime, fn in calls.items()})
-    times = round_robin_ms(fns, args.rounds, args.warmup, "cpu")
+    times = Timer("cpu", args.rounds, args.warmup).times(fns)
     load_after = os.getloadavg()
 
     print(f"{datetime.date.today()}, {cpu_name()}, {os.cpu_count()} cores, {args.threads} threads; torch "

@@ -43,14 +43,13 @@ import torch
 import ge_detectron  # noqa: F401  (compat fixes and registration before detectron2 is used)
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from ge_detectron import add_ge_config
 from ge_detectron import ops
-from ge_detectron.benchmark import Timer, device_name, rotations
+from ge_detectron.benchmark import Timer, calibrate_frozen_norms, device_name, rotations
 
 # name, MODEL.GE.VARIANT, MODEL.GE.FUSED
 MODELS = [("R50", "none", "off"), ("GE-θ⁻ reference", "theta_minus", "off"), ("GE-θ⁻ fused", "theta_minus", "on"),
@@ -108,24 +107,8 @@ def build(variant, fused, args, batch):
     torch.manual_seed(0)
     model = build_model(cfg)
     if args.calibrate_norms:
-        calibrate_frozen_norms(model, batch)
+        calibrate_frozen_norms(model, inference_inputs(batch))
     return model, build_optimizer(cfg, model)
-
-
-def calibrate_frozen_norms(model, batch):
-    """Set every FrozenBatchNorm2d's running mean and variance to those of its input on ``batch``, in one
-    inference pass: each norm sees its input as normalised by the norms before it."""
-    def set_statistics(norm, inputs):
-        x = inputs[0].double()
-        norm.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        norm.running_var.copy_(x.var(dim=(0, 2, 3)))
-
-    hooks = [m.register_forward_pre_hook(set_statistics) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    model.eval()
-    with torch.no_grad():
-        model(inference_inputs(batch))
-    for hook in hooks:
-        hook.remove()
 
 
 def synthetic_batch(args):

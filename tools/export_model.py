@@ -7,9 +7,9 @@ tools/predict.py --onnx (and any deployed code) reads for the preprocessing and 
     python tools/export_model.py --config-file configs/faster_rcnn_ge_r50.py --format torchscript \\
         --output out train.init_checkpoint=output/lazy/faster_rcnn_ge_r50/model_final.pth
 
-Weights are found as tools/predict.py finds them. The flow lives in ge_detectron.export.cli; docs/export.md.
+Weights are found as tools/predict.py finds them. The flow lives in ge_detectron.cli.export; docs/export.md.
 """
-from ge_detectron.export.cli import run_export
+from ge_detectron.cli.export import run_export
 
 if __name__ == "__main__":
     run_export()

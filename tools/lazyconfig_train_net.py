@@ -11,9 +11,9 @@ detectron2's tools/lazyconfig_train_net.py does, with the fault handling of tool
         dataloader.train.dataset.names=my_train model.roi_heads.num_classes=3
 
 Trailing ``key=value`` pairs override the config (``+key=value`` adds a key). The flow lives in
-ge_detectron.detection.cli.
+ge_detectron.cli.train.
 """
-from ge_detectron.detection.cli import run_lazyconfig_train_net
+from ge_detectron.cli.train import run_lazyconfig_train_net
 
 if __name__ == "__main__":
     run_lazyconfig_train_net()

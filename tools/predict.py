@@ -10,9 +10,9 @@ detectron2's Visualizer at the input's size, and with --json all detections as C
         train.init_checkpoint=output/lazy/faster_rcnn_ge_r50/model_final.pth
 
 Without MODEL.WEIGHTS (YAML) or train.init_checkpoint=... (LazyConfig) it uses the last checkpoint that
-training with the config wrote. The flow lives in ge_detectron.detection.cli.
+training with the config wrote. The flow lives in ge_detectron.cli.predict.
 """
-from ge_detectron.detection.cli import run_predict
+from ge_detectron.cli.predict import run_predict
 
 if __name__ == "__main__":
     run_predict()

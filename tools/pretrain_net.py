@@ -8,9 +8,9 @@
     python tools/pretrain_net.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
 
 Trailing ``KEY VALUE`` pairs override the config. Then hand the weights to a detector with
-tools/convert_weights.py (docs/pretraining.md). The flow lives in ge_detectron.engine.cli.
+tools/convert_weights.py (docs/pretraining.md). The flow lives in ge_detectron.cli.train.
 """
-from ge_detectron.pretrain.trainer import run_pretrain_net
+from ge_detectron.cli.train import run_pretrain_net
 
 if __name__ == "__main__":
     run_pretrain_net()

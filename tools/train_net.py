@@ -11,9 +11,9 @@
         DATASETS.TRAIN '("my_train",)' DATASETS.TEST '("my_val",)' MODEL.ROI_HEADS.NUM_CLASSES 3
 
 Trailing ``KEY VALUE`` pairs override the config. Evaluation is COCO box AP, and mask AP for Mask R-CNN
-(COCOEvaluator). The flow lives in ge_detectron.detection.cli.
+(COCOEvaluator). The flow lives in ge_detectron.cli.train.
 """
-from ge_detectron.detection.cli import run_train_net
+from ge_detectron.cli.train import run_train_net
 
 if __name__ == "__main__":
     run_train_net()

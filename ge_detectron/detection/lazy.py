@@ -1,5 +1,5 @@
 """LazyConfigs (detectron2's Python configs) for GE detectors: loading with clear errors, the checks made
-before any training process starts, and the config system of tools/lazyconfig_train_net.py.
+before any training process starts, and the task adapter of tools/lazyconfig_train_net.py.
 
 A LazyConfig has detectron2's top-level keys (configs/common in detectron2's model zoo): ``model``,
 ``dataloader`` (``train``, ``test``, ``evaluator``), ``optimizer``, ``lr_multiplier`` and ``train``
@@ -20,9 +20,9 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
-from ..config import GEConfigError
-from ..engine import ConfigSystem, GETrainer
-from .trainer import DetectionData
+from ..config import GEConfigError, config_file_not_found
+from ..engine import GETrainer, TaskAdapter
+from .task_mixin import DetectionTaskMixin
 
 __all__ = ["load_lazy_config", "check_lazy_model", "LazyDetection", "LazyTrainer"]
 
@@ -37,7 +37,7 @@ def load_lazy_config(path, overrides=()):
     override, or an override of a key the config does not have (a typo would otherwise add a key nobody
     reads; write ``+key=value`` to add one on purpose) raises GEConfigError naming it."""
     if not os.path.isfile(path):
-        raise GEConfigError(f"config file not found: {path!r}.")
+        raise config_file_not_found(path)
     try:
         cfg = LazyConfig.load(path)
     except Exception as e:  # anything the config's own code raises, e.g. a syntax error or a bad import
@@ -93,16 +93,19 @@ def check_lazy_model(cfg):
         raise GEConfigError(f"cannot build the model: {type(e).__name__}: {e}") from None
 
 
-class LazyDetection(DetectionData, ConfigSystem):
+class LazyDetection(DetectionTaskMixin, TaskAdapter):
     """A LazyConfig's keys as the trainer and the flow read them (detectron2's tools/lazyconfig_train_net.py
     reads the same ones); checkpoints hold SimpleTrainer's state (iteration, hooks, optimizer, AMP grad
     scaler), as that tool's do."""
 
     DEVICE, BATCH, WEIGHTS = "train.device", "dataloader.train.total_batch_size", "train.init_checkpoint"
-    LR_ADVICE = "Lower optimizer.lr or raise lr_multiplier.warmup_length"
-    OVERRIDE = "{key}={value}"
+    LR, WARMUP = "optimizer.lr", "lr_multiplier.warmup_length"
     TRAINER_STATE = "SimpleTrainer"
     load = staticmethod(load_lazy_config)
+
+    @staticmethod
+    def override(key, value):
+        return f"{key}={value}"
 
     device = property(lambda self: self.cfg.train.device)
     output_dir = property(lambda self: self.cfg.train.output_dir)
@@ -171,4 +174,4 @@ class LazyDetection(DetectionData, ConfigSystem):
 
 
 class LazyTrainer(GETrainer):
-    config_system = LazyDetection
+    task_adapter = LazyDetection

@@ -1,68 +1,25 @@
-"""A trained detector on the user's own images (tools/predict.py): the inputs, the weights, the
-predictions drawn with detectron2's Visualizer, and COCO-format results.
+"""A trained detector of a config on the user's own images (tools/predict.py): the config's model with its
+trained weights, as a predictor of ``detection.images`` (which reads the inputs, draws the predictions with
+detectron2's Visualizer and writes COCO-format results).
 
 The model sees each image as evaluation does: read with detectron2's ``read_image`` in the config's
 input format and resized by the config's test-time augmentation (its test ``DatasetMapper``); its
 outputs are at the input's size.
 """
-import glob
-import json
 import logging
 import os
 
-import numpy as np
 import torch
-from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.utils.visualizer import ColorMode, Visualizer
-from PIL import Image
 
 from ..checkpoint import load_weights
 from ..data import check_num_classes, dataset_categories
-from ..data.sanitize import UNREADABLE_IMAGE_ERRORS
 from ..launch import check_device
+from .images import PredictError, model_input
 from .lazy import LazyDetection
 from .trainer import YAMLDetection
 
-__all__ = ["PredictError", "list_inputs", "read_input", "model_input", "load_trained_weights", "Predictor", "config_system_of",
-           "build_predictor", "write_predictions"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class PredictError(ValueError):
-    """A missing or unreadable input, missing weights, or weights that do not fit the config's model."""
-
-
-def list_inputs(paths):
-    """The image files named by ``paths``: files, directories (their images with an IMAGE_EXTENSIONS
-    suffix, sorted) and glob patterns (sorted matches), in the order given, each once."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise PredictError(f"input directory {path!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
-        elif os.path.isfile(path):
-            found = [path]
-        elif glob.has_magic(path):
-            found = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
-            if not found:
-                raise PredictError(f"input pattern {path!r} matches no file.")
-        else:
-            raise PredictError(f"input not found: {path!r}.")
-        files += [f for f in found if f not in files]
-    return files
-
-
-def read_input(path, image_format):
-    """``path`` as an HWC uint8 array in ``image_format`` (detectron2's ``read_image``, EXIF orientation applied)."""
-    try:
-        return utils.read_image(path, format=image_format)
-    except UNREADABLE_IMAGE_ERRORS as e:
-        raise PredictError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+__all__ = ["load_trained_weights", "Predictor", "task_adapter_of", "build_predictor"]
 
 
 def load_trained_weights(model, weights, config_file):
@@ -98,14 +55,6 @@ def load_trained_weights(model, weights, config_file):
                            "Use the weights a training run with this config wrote (OUTPUT_DIR/model_final.pth).")
 
 
-def model_input(augmentations, image):
-    """The (C, H, W) uint8 tensor the model sees for an HWC image: resized by the test ``augmentations``
-    (a ``T.AugmentationList``), as evaluation's test mapper does."""
-    aug_input = T.AugInput(image)
-    augmentations(aug_input)
-    return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-
-
 class Predictor:
     """``model`` (in eval mode) on single images, as the test ``mapper`` prepares them for evaluation.
     ``metadata`` gives the Visualizer the class names; ``categories`` ([(dataset category id, name)] by
@@ -123,13 +72,6 @@ class Predictor:
         with torch.no_grad():
             return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
 
-    def draw(self, image, instances, score_threshold):
-        """The image (RGB, at its size) with the instances scoring at least ``score_threshold`` drawn on it."""
-        rgb = utils.convert_image_to_rgb(image, self.image_format)
-        keep = instances[instances.scores >= score_threshold]
-        return Visualizer(rgb, self.metadata, scale=1.0, instance_mode=ColorMode.IMAGE).draw_instance_predictions(
-            keep).get_image()
-
 
 def _metadata_and_categories(dataset_names, num_classes):
     """Metadata with the class names of the first dataset that has categories, and its [(id, name)];
@@ -143,20 +85,20 @@ def _metadata_and_categories(dataset_names, num_classes):
     return Metadata(name="unknown"), None
 
 
-def config_system_of(config_file):
-    """The detection config system of ``config_file``: LazyDetection for a ``.py`` file, else YAMLDetection."""
+def task_adapter_of(config_file):
+    """The detection task adapter of ``config_file``: LazyDetection for a ``.py`` file, else YAMLDetection."""
     return LazyDetection if str(config_file).endswith(".py") else YAMLDetection
 
 
 def _weights(config, config_file, opts):
     """The weights an override sets (the config's weights differ from those of the file alone), else the last
     checkpoint a training run with the config wrote to its output directory."""
-    system = type(config)
-    if opts and config.weights != system(system.load(config_file)).weights:
+    adapter = type(config)
+    if opts and config.weights != adapter(adapter.load(config_file)).weights:
         return config.weights
     tag = os.path.join(config.output_dir, "last_checkpoint")
     if not os.path.isfile(tag):
-        example = system.OVERRIDE.format(key=system.WEIGHTS, value="path/to/model.pth")
+        example = adapter.override(adapter.WEIGHTS, "path/to/model.pth")
         raise PredictError(f"no trained weights for {config_file!r}: {tag!r} does not exist. Train with this config "
                            f"first, or give {example}.")
     with open(tag) as f:
@@ -169,48 +111,11 @@ def build_predictor(config_file, opts=(), weights=None):
     the last checkpoint in the config's output directory; the test-time preprocessing of the config's test
     mapper; class names (and COCO category ids) from its test (or train) datasets. Raises GEConfigError,
     ValueError (a CUDA device without a GPU) or PredictError."""
-    system = config_system_of(config_file)
-    config = system(system.load(config_file, opts))
-    check_device(config.device, system.DEVICE)
+    adapter = task_adapter_of(config_file)
+    config = adapter(adapter.load(config_file, opts))
+    check_device(config.device, adapter.DEVICE)
     train_names, test_names = config.dataset_names()
     metadata, categories = _metadata_and_categories(test_names + train_names, config.num_classes)
     model = config.build_model()
     load_trained_weights(model, weights or _weights(config, config_file, opts), config_file)
     return Predictor(model, config.build_test_mapper(), metadata, categories)
-
-
-def _output_names(files):
-    """``<stem>.png`` per input; a stem seen before gets ``_2``, ``_3``, ..."""
-    names, seen = [], {}
-    for path in files:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
-    return names
-
-
-def write_predictions(predictor, files, output_dir, score_threshold=0.5, json_path=None, log=print):
-    """Predict every file; write ``output_dir/<stem>.png`` (the input with its detections at or above
-    ``score_threshold``) and, with ``json_path``, all detections as COCO results (``image_id``: the input's
-    position from 1, ``file_name``: its path; ``category_id``: the dataset's category id). Returns the
-    number of detections drawn per file."""
-    os.makedirs(output_dir, exist_ok=True)
-    results, drawn = [], {}
-    id_of_class = [cid for cid, _ in predictor.categories] if predictor.categories else None
-    for image_id, (path, name) in enumerate(zip(files, _output_names(files)), start=1):
-        image = read_input(path, predictor.image_format)
-        instances = predictor(image)
-        Image.fromarray(predictor.draw(image, instances, score_threshold)).save(os.path.join(output_dir, name))
-        drawn[path] = int((instances.scores >= score_threshold).sum())
-        log(f"{path}: {len(instances)} detections, {drawn[path]} with score >= {score_threshold} drawn to "
-            f"{os.path.join(output_dir, name)}")
-        for det in instances_to_coco_json(instances, image_id):
-            det["file_name"] = path
-            if id_of_class is not None:
-                det["category_id"] = id_of_class[det["category_id"]]
-            results.append(det)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(results, f)
-        log(f"wrote {len(results)} detections of {len(files)} images as COCO results to {json_path}")
-    return drawn

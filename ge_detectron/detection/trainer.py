@@ -1,5 +1,4 @@
-"""The detection config systems' shared part (``DetectionData``: ``--register-coco`` and the datasets
-checked before training) and the YAML one (tools/train_net.py): ``YAMLDetection``, detectron2's
+"""The YAML detection task (tools/train_net.py): ``YAMLDetection``, detectron2's
 DefaultTrainer builders with the training data through the bad-data handling of ``data/sanitize.py`` and
 COCO evaluation (box AP, and mask AP for Mask R-CNN); ``DetectionTrainer``, the trainer of it."""
 import os
@@ -8,48 +7,15 @@ from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.engine import DefaultTrainer
 
 from ..config import get_ge_cfg
-from ..data import check_num_classes, prepare_datasets, register_coco_dataset
 from ..data.sanitize import build_sanitized_train_loader, load_train_dataset_dicts
-from ..engine import GETrainer, YAMLConfigSystem
+from ..engine import GETrainer, YAMLTaskAdapter
 from ..evaluation import build_coco_evaluator
+from .task_mixin import DetectionTaskMixin
 
-__all__ = ["DetectionData", "YAMLDetection", "DetectionTrainer"]
-
-
-class DetectionData:
-    """What the detection config systems share: the ``--register-coco`` option, the config of the tool's
-    arguments (``load(config_file, opts)`` of the subclass) and the datasets checked before training
-    (registered, on disk, the demo data generated on first use, as many categories as the detector has
-    classes). A subclass says ``dataset_names()`` (train, test) and ``num_classes`` ((key, value) or None)."""
-
-    @classmethod
-    def add_arguments(cls, parser):
-        parser.add_argument("--register-coco", nargs=3, action="append", default=[],
-                            metavar=("NAME", "JSON", "IMAGE_ROOT"),
-                            help="register a COCO-format instances dataset (annotation JSON, image folder) as NAME, "
-                                 "to name in the config's datasets; repeatable")
-        return parser
-
-    @staticmethod
-    def register_datasets(args):
-        for name, json_file, image_root in args.register_coco:
-            register_coco_dataset(name, json_file, image_root)
-
-    @classmethod
-    def from_args(cls, args):
-        cls.register_datasets(args)
-        return cls(cls.load(args.config_file, args.opts))
-
-    def check(self, eval_only):
-        """The datasets (the test datasets alone for ``--eval-only``) on disk and of the detector's classes."""
-        train_names, test_names = self.dataset_names()
-        names = ([] if eval_only else train_names) + test_names
-        prepare_datasets(names)
-        if self.num_classes is not None:
-            check_num_classes(names, *self.num_classes)
+__all__ = ["YAMLDetection", "DetectionTrainer"]
 
 
-class YAMLDetection(DetectionData, YAMLConfigSystem):
+class YAMLDetection(DetectionTaskMixin, YAMLTaskAdapter):
     """A YAML detection config (``get_ge_cfg``)."""
 
     load = staticmethod(get_ge_cfg)
@@ -83,4 +49,4 @@ class YAMLDetection(DetectionData, YAMLConfigSystem):
 
 
 class DetectionTrainer(GETrainer):
-    config_system = YAMLDetection
+    task_adapter = YAMLDetection

@@ -123,7 +123,7 @@ def train_or_exit(trainer):
     """``trainer.train()``; a non-finite loss (detectron2 checks the losses before each optimizer step and
     raises FloatingPointError naming the iteration) or a non-finite model state at a checkpoint
     (CheckFiniteState) end the run with SystemExit and a message that names the iteration, the last
-    good checkpoint, which is kept, and the options to change (the config system's ``LR_ADVICE``). So does
+    good checkpoint, which is kept, and the options to change (the task adapter's ``LR`` and ``WARMUP``). So does
     a full disk, naming the file that could not be written."""
     try:
         return trainer.train()
@@ -142,5 +142,6 @@ def train_or_exit(trainer):
         reason = " ".join(str(e).split())  # detectron2's message spans two lines
         if "iteration=" not in reason:  # e.g. detectron2's RPN: "Predicted boxes or scores contain Inf/NaN. ..."
             reason = f"{reason} (iteration={trainer.iter})"
+        config = trainer.config
         raise SystemExit(f"error: training stopped, {what} not finite: {reason} The last good checkpoint is "
-                         f"kept: {last}. {trainer.config.LR_ADVICE}, then --resume.") from None
+                         f"kept: {last}. Lower {config.LR} or raise {config.WARMUP}, then --resume.") from None

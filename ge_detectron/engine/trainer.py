@@ -1,5 +1,5 @@
-"""The one trainer of every config system: detectron2's DefaultTrainer, with what it builds coming from a
-config system's adapter (``config_system``, engine.config_system) through its ``build_*`` hooks."""
+"""The one trainer of every task: detectron2's DefaultTrainer, with what it builds coming from the task's
+adapter (``task_adapter``, engine.task_adapter) through its ``build_*`` hooks."""
 import logging
 import weakref
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 class GETrainer(DefaultTrainer):
-    """DefaultTrainer over a config system: a subclass sets ``config_system`` (a ConfigSystem class), whose
+    """DefaultTrainer over a task adapter: a subclass sets ``task_adapter`` (a TaskAdapter class), whose
     adapter of the config supplies the model, optimizer, data, LR schedule, evaluation, the run's settings
     and the option names of messages; the ``build_*`` hooks call it, so a subclass may still override them.
 
@@ -28,13 +28,13 @@ class GETrainer(DefaultTrainer):
     same hooks here, with ExactResumeState after the LR scheduler and CheckFiniteState before the
     checkpointer), and the checkpointed state (``engine.resume.trainer_state``)."""
 
-    config_system = None
+    task_adapter = None
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # as DefaultTrainer
             setup_logger()
-        self.config = self.config_system(cfg).scaled_to(comm.get_world_size())
+        self.config = self.task_adapter(cfg).scaled_to(comm.get_world_size())
         cfg = self.config.cfg
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -56,27 +56,27 @@ class GETrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        return cls.config_system(cfg).build_model()
+        return cls.task_adapter(cfg).build_model()
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        return cls.config_system(cfg).build_optimizer(model)
+        return cls.task_adapter(cfg).build_optimizer(model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        return cls.config_system(cfg).build_lr_scheduler(optimizer)
+        return cls.task_adapter(cfg).build_lr_scheduler(optimizer)
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return cls.config_system(cfg).build_train_loader()
+        return cls.task_adapter(cfg).build_train_loader()
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name=None):
-        return cls.config_system(cfg).build_test_loader(dataset_name)
+        return cls.task_adapter(cfg).build_test_loader(dataset_name)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        return cls.config_system(cfg).test(model, evaluators)
+        return cls.task_adapter(cfg).test(model, evaluators)
 
     def build_hooks(self):
         main = comm.is_main_process()

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from ..atomic import AtomicFile
+from ..detection.images import model_input
 from .schema import schema_to_json
-from ..detection.predictor import model_input
 from .tracing import augmentations_to_json, tracing_adapter
 
-__all__ = ["ExportError", "FORMATS", "ONNX_OPSET", "export_predictor", "spec_path", "sample_input",
+__all__ = ["ExportError", "FORMATS", "ONNX_OPSET", "check_format", "export_predictor", "spec_path", "sample_input",
            "foreign_operators"]
 
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
@@ -27,6 +27,13 @@ TORCHSCRIPT_NAMESPACES = ("aten", "prim", "torchvision")
 class ExportError(ValueError):
     """An output folder that cannot be written, a format that does not exist, or a graph with operators
     outside the format's standard set."""
+
+
+def check_format(fmt, name="format"):
+    """Raise ExportError unless ``fmt`` is one of FORMATS; ``name``: what the message calls it (the tool:
+    ``--format``), so that the tool checks before building the model with the exporter's own check."""
+    if fmt not in FORMATS:
+        raise ExportError(f"{name} {fmt!r} is not one of {', '.join(FORMATS)}.")
 
 
 def spec_path(model_path):
@@ -47,7 +54,7 @@ def sample_input(predictor, image=None):
 def foreign_operators(fmt, model_bytes):
     """The operators of an exported file outside the format's standard set (sorted names)."""
     if fmt == "onnx":
-        import onnx
+        import onnx  # the optional "export" extra: only ONNX export needs it
 
         model = onnx.load_from_string(model_bytes)
         return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
@@ -77,8 +84,7 @@ def export_predictor(predictor, fmt, output_dir, config, sample_image=None):
     """Write ``output_dir/model.ts`` (``fmt`` "torchscript") or ``model.onnx`` ("onnx") and ``model.onnx.json`` / ``model.ts.json``;
     ``config``: what to record of where the model came from (config file, overrides, weights). Returns the
     model file's path. Raises ExportError before tracing if ``output_dir`` cannot be written."""
-    if fmt not in FORMATS:
-        raise ExportError(f"format {fmt!r} is not one of {', '.join(FORMATS)}.")
+    check_format(fmt)
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
@@ -97,7 +103,7 @@ def export_predictor(predictor, fmt, output_dir, config, sample_image=None):
     if foreign:
         raise ExportError(f"the {fmt} graph calls operators outside its standard set: {', '.join(foreign)}.")
     if fmt == "onnx":
-        import onnx
+        import onnx  # the optional "export" extra: only ONNX export needs it
 
         onnx.checker.check_model(onnx.load_from_string(model_bytes), full_check=True)
 

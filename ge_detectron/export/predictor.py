@@ -1,15 +1,17 @@
 """``ExportedPredictor``: an exported detector (``model.onnx`` in ONNX Runtime, ``model.ts`` in TorchScript)
-with the PyTorch predictor's steps around it, from the JSON file beside it: the same image reading,
-test resize, rescaling to the input's size, mask pasting, drawing and COCO results (tools/predict.py
---onnx). It builds no model and reads no config."""
+with the PyTorch predictor's steps around it, from the JSON file beside it: the test resize of
+``detection.images``, rescaling to the input's size and mask pasting; ``detection.images`` reads its inputs,
+draws its detections and writes COCO results as for the PyTorch predictor (tools/predict.py --onnx). It
+builds no model and reads no config."""
 import json
 import os
 
 import torch
+import torchvision  # noqa: F401  (registers roi_align and nms, which the TorchScript files call)
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 
-from ..detection.predictor import PredictError, Predictor, model_input
+from ..detection.images import PredictError, model_input
 from .exporter import spec_path
 from .schema import schema_from_json
 from .tracing import augmentations_from_json, detector_postprocess
@@ -19,7 +21,7 @@ __all__ = ["ExportedPredictor", "onnx_runner", "torchscript_runner"]
 
 def onnx_runner(path):
     """A function (C, H, W) uint8 tensor -> the graph's outputs as tensors, in ONNX Runtime on the CPU."""
-    import onnxruntime
+    import onnxruntime  # the optional "export" extra: only predicting with a .onnx file needs it
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -28,8 +30,6 @@ def onnx_runner(path):
 
 def torchscript_runner(path):
     """The same for a TorchScript file (torchvision registers the roi_align and nms it calls)."""
-    import torchvision  # noqa: F401
-
     module = torch.jit.load(path, map_location="cpu").eval()
 
     def run(image):
@@ -40,10 +40,9 @@ def torchscript_runner(path):
 
 
 class ExportedPredictor:
-    """Predicts like ``Predictor`` (``__call__(image) -> Instances`` at the image's size, ``draw``) with
-    the exported file ``path`` (.onnx or .ts) and the ``<file>.json`` beside it."""
-
-    draw = Predictor.draw  # the PyTorch predictor's picture: needs image_format and metadata
+    """Predicts like ``detection.predictor.Predictor`` (``__call__(image) -> Instances`` at the image's size;
+    ``image_format``, ``metadata``, ``categories``) with the exported file ``path`` (.onnx or .ts) and the
+    ``<file>.json`` beside it."""
 
     def __init__(self, path):
         if not os.path.isfile(path):

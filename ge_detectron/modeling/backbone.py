@@ -12,8 +12,8 @@ from detectron2.modeling.backbone import FPN, BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from ..config import ge_resnet_stages_args, ge_stem_args
-from ..layers import Conv2dSame, GatherExcite, check_padding, invalid_argument, max_pool2d_same
-from .arguments import BLOCKS_PER_STAGE, STAGE_NAMES, check_ge_resnet_args, check_stem_args
+from ..layers import (BLOCKS_PER_STAGE, STAGE_NAMES, Conv2dSame, GatherExcite, check_ge_resnet_args, check_padding,
+                      check_stem_args, invalid_argument, max_pool2d_same)
 
 __all__ = ["GEBottleneckBlock", "SamePaddingStem", "make_ge_stem", "make_ge_stage", "make_ge_resnet_stages",
            "build_ge_resnet", "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone",

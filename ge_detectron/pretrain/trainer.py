@@ -1,4 +1,4 @@
-"""The pretraining config system (tools/pretrain_net.py): detectron2's YAML keys with the classification
+"""The pretraining task adapter (tools/pretrain_net.py): detectron2's YAML keys with the classification
 model, data and evaluation plugged in (``Pretraining``), and its trainer (``PretrainTrainer``)."""
 import logging
 
@@ -8,19 +8,19 @@ from detectron2.utils import comm
 
 from ..data.classification import (build_classification_test_loader, build_classification_train_loader,
                                    prepare_image_folders)
-from ..engine import GETrainer, YAMLConfigSystem, run_training_tool
+from ..engine import GETrainer, YAMLTaskAdapter
 from ..modeling.classifier import build_ge_classifier, zero_init_residual
 from .config import get_pretrain_cfg
 from .evaluator import ClassificationEvaluator
 from .printer import PretrainMetricPrinter
 from .task import ClassificationTask
 
-__all__ = ["Pretraining", "PretrainTrainer", "run_pretrain_net"]
+__all__ = ["Pretraining", "PretrainTrainer"]
 
 logger = logging.getLogger(__name__)
 
 
-class Pretraining(YAMLConfigSystem):
+class Pretraining(YAMLTaskAdapter):
     """Trains ``ClassificationTask(build_ge_classifier(cfg))`` on PRETRAIN.TRAIN_DIR and evaluates top-1 /
     top-5 on PRETRAIN.VAL_DIR every TEST.EVAL_PERIOD iterations and at the end."""
 
@@ -70,9 +70,4 @@ class Pretraining(YAMLConfigSystem):
 
 
 class PretrainTrainer(GETrainer):
-    config_system = Pretraining
-
-
-def run_pretrain_net(argv=None):
-    """tools/pretrain_net.py: ge_detectron.engine's training flow with PretrainTrainer."""
-    return run_training_tool(PretrainTrainer, argv)
+    task_adapter = Pretraining

@@ -1,31 +1,22 @@
-"""The command-line flows of tools/train_net.py (YAML configs), tools/lazyconfig_train_net.py (LazyConfigs),
-both ge_detectron.engine's training flow, and tools/predict.py."""
+"""tools/predict.py: a trained detector of a YAML config or a LazyConfig (``detection.predictor``), or an
+exported one (``--onnx``: ``export.predictor``), on the user's images (``detection.images``)."""
 import argparse
 import os
-import sys
 
-from ..engine import CHECK_ERRORS, run_training_tool
+from ..detection.images import list_inputs, write_predictions
+from ..detection.predictor import build_predictor
+from ..detection.task_mixin import register_coco_datasets
 from ..export.predictor import ExportedPredictor
-from .lazy import LazyTrainer
-from .predictor import build_predictor, list_inputs, write_predictions
-from .trainer import DetectionData, DetectionTrainer
+from .checks import exit_on_check_error
+from .options import add_dataset_and_override_options, weights_epilog
 
-__all__ = ["run_train_net", "run_lazyconfig_train_net", "predict_argument_parser", "run_predict"]
-
-
-def run_train_net(argv=None):
-    return run_training_tool(DetectionTrainer, argv)
-
-
-def run_lazyconfig_train_net(argv=None):
-    return run_training_tool(LazyTrainer, argv)
+__all__ = ["predict_argument_parser", "run_predict"]
 
 
 def predict_argument_parser():
     parser = argparse.ArgumentParser(
         description="Run a trained detector on images; draw its detections (boxes, masks) on each.",
-        epilog="Without MODEL.WEIGHTS (YAML) or train.init_checkpoint=... (LazyConfig) the last checkpoint "
-               "that training with the config wrote to its output directory is used.")
+        epilog=weights_epilog("used"))
     parser.add_argument("--config-file", metavar="FILE", help="a YAML config or a LazyConfig (.py)")
     parser.add_argument("--onnx", metavar="FILE", help="instead of --config-file: a model.onnx (or model.ts) of "
                                                        "tools/export_model.py, run in ONNX Runtime (TorchScript)")
@@ -35,10 +26,7 @@ def predict_argument_parser():
     parser.add_argument("--json", action="store_true", help="also write all detections as COCO results to "
                                                              "DIR/predictions.json")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="draw detections scoring at least this")
-    DetectionData.add_arguments(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="config overrides: KEY VALUE pairs (YAML) or key=value (LazyConfig)")
-    return parser
+    return add_dataset_and_override_options(parser)
 
 
 def run_predict(argv=None):
@@ -46,11 +34,9 @@ def run_predict(argv=None):
     args = parser.parse_args(argv)
     if (args.config_file is None) == (args.onnx is None):
         parser.error("give either --config-file or --onnx")
-    try:
-        DetectionData.register_datasets(args)
+    with exit_on_check_error():
+        register_coco_datasets(args)
         files = list_inputs(args.input)
         predictor = ExportedPredictor(args.onnx) if args.onnx else build_predictor(args.config_file, args.opts)
         json_path = os.path.join(args.output, "predictions.json") if args.json else None
         write_predictions(predictor, files, args.output, args.score_threshold, json_path)
-    except CHECK_ERRORS as e:
-        sys.exit(f"error: {e}")

@@ -1,7 +1,9 @@
-"""The checks of the GE-ResNet builders' plain arguments (``make_ge_stem``, ``make_ge_resnet_stages``), apart
-from the builders so that ``ge_detectron.config`` can run them on a config's values without importing the
-registered builders, which import ``config`` themselves."""
-from ..layers import check_padding, invalid_argument
+"""The checks of the GE-ResNet builders' plain arguments (``modeling.make_ge_stem``,
+``modeling.make_ge_resnet_stages``). They sit below ``ge_detectron.config`` with the layers' own argument
+checks, so that ``config`` runs them on a config's values and the builders, which ``config`` feeds, call them
+too: one check for both, and ``config`` imports nothing of ``modeling``."""
+from .arguments import invalid_argument
+from .same_padding import check_padding
 
 __all__ = ["STAGE_NAMES", "BLOCKS_PER_STAGE", "check_stem_args", "check_ge_resnet_args"]
 

@@ -1,8 +1,8 @@
-"""What the trainer and the command-line flow read from a config, one adapter per config system: the
-model, optimizer, data, LR schedule and evaluation, the run's settings, and the option names that
-messages give. ``YAMLConfigSystem`` holds what detectron2's YAML keys mean for every YAML task; the
-tasks' adapters are ``detection.trainer.YAMLDetection``, ``detection.lazy.LazyDetection`` and
-``pretrain.trainer.Pretraining``."""
+"""A task adapter: what the trainer and the command-line flow read from one task's config (detection with
+a YAML config or a LazyConfig, pretraining): the model, optimizer, data, LR schedule and evaluation, the
+run's settings, and the names of the options that messages give. ``YAMLTaskAdapter`` holds what
+detectron2's YAML keys mean for every YAML task; the tasks' adapters are ``detection.trainer.YAMLDetection``,
+``detection.lazy.LazyDetection`` and ``pretrain.trainer.Pretraining``."""
 import logging
 
 from detectron2.engine import DefaultTrainer, default_writers, hooks
@@ -12,15 +12,16 @@ from detectron2.solver import build_lr_scheduler, build_optimizer
 from detectron2.utils import comm
 from fvcore.nn.precise_bn import get_bn_modules
 
-__all__ = ["ConfigSystem", "YAMLConfigSystem"]
+__all__ = ["TaskAdapter", "YAMLTaskAdapter"]
 
 logger = logging.getLogger(__name__)
 
 
-class ConfigSystem:
-    """One config ``cfg`` of a config system, as the trainer and the command-line flow use it.
+class TaskAdapter:
+    """One config ``cfg`` of a task, as the trainer and the command-line flow use it.
 
-    A subclass names its options (the class attributes) and gives
+    A subclass names its options (the class attributes: the keys that messages name, and how an override
+    is written on the command line, ``override(key, value)``) and gives
     - the run's settings: ``device``, ``output_dir``, ``weights`` (the weights to start from), ``max_iter``,
       ``total_batch_size``, ``amp`` (mixed precision asked for), ``eval_period``, ``log_period``,
       ``checkpointer_options`` (PeriodicCheckpointer's arguments: period, max_to_keep), ``ddp_options``
@@ -32,12 +33,16 @@ class ConfigSystem:
     """
 
     DEVICE, BATCH, WEIGHTS = "MODEL.DEVICE", "SOLVER.IMS_PER_BATCH", "MODEL.WEIGHTS"
-    LR_ADVICE = "Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS"  # what to change after a non-finite loss
-    OVERRIDE = "{key} {value}"  # how an override is written on the command line
+    LR, WARMUP = "SOLVER.BASE_LR", "SOLVER.WARMUP_ITERS"  # the base learning rate and the warmup length
     TRAINER_STATE = "DefaultTrainer"  # the layout of the checkpointed trainer state (engine.resume.trainer_state)
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    @staticmethod
+    def override(key, value):
+        """An override of ``key`` as the tools' trailing arguments write it."""
+        return f"{key} {value}"
 
     @classmethod
     def add_arguments(cls, parser):
@@ -63,7 +68,7 @@ class ConfigSystem:
         return None
 
 
-class YAMLConfigSystem(ConfigSystem):
+class YAMLTaskAdapter(TaskAdapter):
     """detectron2's YAML keys (a CfgNode): MODEL.*, SOLVER.*, TEST.*, OUTPUT_DIR, as DefaultTrainer reads them."""
 
     device = property(lambda self: self.cfg.MODEL.DEVICE)

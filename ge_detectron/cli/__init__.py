@@ -1,0 +1,4 @@
+"""The tools' command-line flows, on top of the package: parse the options, check what can be checked before
+the work starts (a failed check is one line ``error: ...`` and exit status 1, ``checks``), run. ``train``:
+tools/train_net.py, tools/lazyconfig_train_net.py, tools/pretrain_net.py; ``predict``: tools/predict.py;
+``export``: tools/export_model.py. Nothing in the package imports them."""
