@@ -3,7 +3,8 @@
 - atomic writes: a checkpoint and ``last_checkpoint`` are written to a temporary file and renamed,
   so a run killed while saving never leaves a truncated checkpoint or a tag pointing at one; the
   temporary files such a kill leaves are removed when the next run starts;
-- the incompatible keys of the last weights loaded (``incompatible``), which detectron2 only logs;
+- the incompatible keys of the last weights loaded (``incompatible``), which detectron2 only logs, and
+  ``weights_mismatch``: what they mean, in the words of the errors of the tools that need an exact fit;
 - a loud warning when a learnable GE module sits in a frozen stage and the checkpoint has no weights
   for it (GE_SPEC.md: it would stay a fixed random gate for the whole run).
 """
@@ -68,10 +69,35 @@ class GECheckpointer(DetectionCheckpointer):
         return incompatible
 
 
-def load_weights(model, path):
-    """Load the weights in ``path`` (what MODEL.WEIGHTS takes: a detectron2 .pth, a model-zoo or converted
-    .pkl, a Caffe2 .pkl) into ``model`` through detectron2's checkpointer, with its name matching; return
-    the incompatible keys (``missing_keys``, ``unexpected_keys``, ``incorrect_shapes``)."""
+def load_weights(model, weights):
+    """Load ``weights`` into ``model`` through detectron2's checkpointer; return the incompatible keys
+    (``missing_keys``, ``unexpected_keys``, ``incorrect_shapes``). ``weights`` is a path (what MODEL.WEIGHTS
+    takes: a detectron2 .pth, a model-zoo or converted .pkl with detectron2's name matching, a Caffe2 .pkl)
+    or a state dict under the model's names, loaded as a .pth holding it would be."""
     checkpointer = GECheckpointer(model)
-    checkpointer.load(path, checkpointables=[])
+    if isinstance(weights, str):
+        checkpointer.load(weights, checkpointables=[])
+    else:
+        checkpointer._log_incompatible_keys(checkpointer._load_model({"model": dict(weights)}))
     return checkpointer.incompatible
+
+
+def weights_mismatch(incompatible, allowed_missing=()):
+    """Why loaded weights do not fit a model exactly, as one phrase ("2 tensors have other shapes than the
+    model's (e.g. ...); 3 model tensors are missing (e.g. ...); 1 weights are not in the model (e.g. ...)"),
+    or None when they fit. ``incompatible`` is what ``load_weights`` returns; missing tensors whose names
+    start with one of ``allowed_missing`` are not counted. A tensor of another shape is counted once (the
+    loader also lists it as missing)."""
+    shapes = {key: (tuple(ckpt), tuple(mine)) for key, ckpt, mine in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys if k not in shapes and not k.startswith(tuple(allowed_missing))]
+    unexpected = incompatible.unexpected_keys
+    parts = []
+    if shapes:
+        key, (theirs, ours) = next(iter(shapes.items()))
+        parts.append(f"{len(shapes)} tensors have other shapes than the model's (e.g. {key}: {theirs} in the "
+                     f"weights, {ours} in the model)")
+    if missing:
+        parts.append(f"{len(missing)} model tensors are missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} weights are not in the model (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None

@@ -1,7 +1,10 @@
-"""ge_detectron.analysis and tools/analyze_features.py: the class selectivity index against hand-computed
-values, the recorded activities and gates against direct computations, pruning by gate order against
-hand-built references (ratio 0: the model itself; ratio 1: the block's output replaced by relu(shortcut)
-computed in the test; "asc" / "des" on a four-channel case worked by hand), and the tool end to end."""
+"""ge_detectron.analysis and tools/analyze_features.py against values computed in this file: the class
+selectivity index and the pruning mask worked by hand, the recorded activities and gates against direct
+computations, pruning by gate order against hand-built references (ratio 0: the model itself; ratio 1: the
+block's output replaced by relu(shortcut) computed in the test; "asc" / "des" on a four-channel case worked
+by hand), and the analysis.json of ``analyze_features`` + ``save_results`` and of the tool against every
+number recomputed here with plain torch (block outputs run block by block, gates from the model's gather,
+top-1 with the pruned channels' gates set to 0 by a hook written here)."""
 import json
 import os
 import runpy
@@ -14,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ge_detectron.analysis import (ClassMeans, class_selectivity, prune_by_gate, record_block_outputs,
-                                   record_gates, remove_residual_branch)
+from ge_detectron.analysis import (ClassMeans, analyze_features, class_selectivity, prune_by_gate, pruned_channels,
+                                   record_block_outputs, record_gates, remove_residual_branch, save_results)
 from ge_detectron.layers import GatherExcite
 from ge_detectron.modeling.classifier import build_ge_classifier
 from ge_detectron.pretrain import ClassificationTask, get_pretrain_cfg
@@ -56,6 +59,26 @@ def test_class_means_hand_computed():
     torch.testing.assert_close(means.means(), torch.tensor([[3.0, 4.0], [3.0, 4.0]], dtype=torch.float64))
 
 
+def test_pruned_channels_hand_worked():
+    gates = torch.tensor([[0.3, 0.1, 0.9, 0.5, 0.7],
+                          [0.6, 0.6, 0.2, 0.6, 0.8]])  # a three-way tie in the second image
+    # ratio 0.4 of 5 channels: 2 per image, ties taken lower index first
+    asc = [[True, True, False, False, False],   # 0.1 (channel 1), 0.3 (channel 0)
+           [True, False, True, False, False]]   # 0.2 (channel 2), then the first 0.6 (channel 0)
+    des = [[False, False, True, False, True],   # 0.9 (channel 2), 0.7 (channel 4)
+           [True, False, False, False, True]]   # 0.8 (channel 4), then the first 0.6 (channel 0)
+    assert pruned_channels(gates, 0.4, "asc").tolist() == asc
+    assert pruned_channels(gates, 0.4, "des").tolist() == des
+    # round(ratio * C): 0.5 of 5 rounds half to even, to 2; 0.8 of 5 is 4
+    assert pruned_channels(gates, 0.5, "asc").tolist() == asc
+    assert pruned_channels(gates, 0.8, "des").tolist() == [[True, False, True, True, True], [True, True, False, True, True]]
+    assert not pruned_channels(gates, 0.0, "asc").any() and pruned_channels(gates, 1.0, "des").all()
+    with pytest.raises(ValueError, match="order='up' is invalid"):
+        pruned_channels(gates, 0.5, "up")
+    with pytest.raises(ValueError, match="ratio=1.5 is invalid"):
+        pruned_channels(gates, 1.5, "asc")
+
+
 def tiny_classifier(variant="theta", extent=0, fused="off"):
     cfg = get_pretrain_cfg(DEMO_CONFIG, TINY + ["MODEL.GE.VARIANT", variant, "MODEL.GE.EXTENT", extent,
                                                 "MODEL.GE.FUSED", fused])
@@ -73,15 +96,14 @@ def images(n=4, size=32):
 
 
 @torch.no_grad()
-def stage_outputs_by_hand(model, x, stage, index):
-    """The output of block ``index`` of ``stage``, running the network block by block."""
-    resnet = model.resnet
+def block_outputs_by_hand(model, x):
+    """``{"res2.0": (N, C, H, W) output, ...}``: every block's output, running the network block by block."""
+    resnet, outputs = model.resnet, {}
     x = resnet.stem((x - model.pixel_mean) / model.pixel_std)
     for name in resnet.stage_names:
         for i, block in enumerate(getattr(resnet, name)):
-            x = block(x)
-            if name == stage and i == index:
-                return x
+            x = outputs[f"{name}.{i}"] = block(x)
+    return outputs
 
 
 def test_record_block_outputs_and_gates_match_direct_computation():
@@ -94,8 +116,9 @@ def test_record_block_outputs_and_gates_match_direct_computation():
     with torch.no_grad(), record_block_outputs(blocks) as outputs, record_gates(ge) as gates:
         model(x)
     hook.remove()
-    for name, index in (("res4.0", 0), ("res4.3", 3)):
-        torch.testing.assert_close(outputs[name], stage_outputs_by_hand(model, x, "res4", index).mean(dim=(2, 3)))
+    by_hand = block_outputs_by_hand(model, x)
+    for name in ("res4.0", "res4.3"):
+        torch.testing.assert_close(outputs[name], by_hand[name].mean(dim=(2, 3)))
     assert (outputs["res4.0"] >= 0).all()  # after the block's ReLU
     # theta_minus, global: the gate of a channel is the sigmoid of its spatial mean
     torch.testing.assert_close(gates["res3.1"], torch.sigmoid(captured["x"].mean(dim=(2, 3))))
@@ -152,6 +175,164 @@ def test_prune_order_asc_and_des_hand_worked(fused):
             torch.testing.assert_close(ge(x, shortcut), expected)
 
 
+# --- analysis.json against values computed here -------------------------------------------------------------
+
+LABELS = torch.tensor([0, 1, 2] * 4)
+
+
+@torch.no_grad()
+def gates_by_hand(model, x):
+    """``{"res2.0": (N, C) gates, ...}`` of every GatherExcite (GE-θ, global): the sigmoid of the model's gather
+    applied to the module's input, captured by a pre-hook written here."""
+    inputs = {}
+    handles = [module.register_forward_pre_hook(lambda m, args, n=name: inputs.update({n: args[0]}))
+               for name, module in model.named_modules() if isinstance(module, GatherExcite)]
+    model(x)
+    for handle in handles:
+        handle.remove()
+    gates = {}
+    for name, x_in in inputs.items():
+        ge = model.get_submodule(name)
+        logits = ge.gather(x_in)
+        assert ge.mlp is None and logits.shape[2:] == (1, 1)  # GE-θ, global: the gather gives the logits
+        gates[name.removeprefix("resnet.").removesuffix(".ge")] = torch.sigmoid(logits).flatten(1).double()
+    return gates
+
+
+@torch.no_grad()
+def top1_by_hand(model, x, labels, hooks=()):
+    """Top-1 (%) of ``model`` on ``x`` with the forward ``hooks`` ((module, hook), written here) in place."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        predicted = model(x).argmax(dim=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return 100.0 * (predicted == labels).sum().item() / len(labels)
+
+
+def branch_removed(block, inputs, output):
+    x = inputs[0]
+    return F.relu(block.shortcut(x) if block.shortcut is not None else x)
+
+
+def pruned_by_hand(ratio, order):
+    """A forward hook for a GE-θ (global) module in a bottleneck: relu(x * gate + shortcut) with the gates of
+    the round(ratio * C) channels of smallest ("asc") or largest ("des") gate of each image set to 0, ties
+    taken lower index first (ranked in plain Python)."""
+    def hook(ge, inputs, output):
+        x, shortcut = inputs
+        gates = torch.sigmoid(ge.gather(x))
+        keep = torch.ones_like(gates)
+        for n, row in enumerate(gates.flatten(1).tolist()):
+            ranked = sorted(range(len(row)), key=lambda c: (row[c] if order == "asc" else -row[c], c))
+            keep[n, ranked[:round(ratio * len(row))]] = 0
+        return F.relu(x * gates * keep + shortcut)
+    return hook
+
+
+def selectivity_by_hand(outputs, labels, classes):
+    """The selectivity index of every unit of (N, C, H, W) activities: spatial, then class means in float64,
+    then (mu_max - mu_rest) / (mu_max + mu_rest), 0 where all means are 0."""
+    activity = outputs.double().mean(dim=(2, 3))
+    means = torch.stack([activity[labels == c].mean(dim=0) for c in classes])
+    index = []
+    for unit in means.T.tolist():
+        top = max(unit)
+        rest = (sum(unit) - top) / (len(unit) - 1)
+        index.append(0.0 if top + rest == 0 else (top - rest) / (top + rest))
+    return index
+
+
+def binned(values, bins):
+    """Counts of ``values`` in ``bins`` equal bins on [0, 1] (1 in the last), as a list of floats."""
+    return torch.bincount((values * bins).long().clamp(0, bins - 1), minlength=bins).double().tolist()
+
+
+def assert_histogram_close(counts, values, bins, eps=1e-5):
+    """``counts`` are those of ``values`` but for values within ``eps`` of a bin edge (float32 rounding in another
+    process or batch size): their cumulative sums lie between those of ``values + eps`` and ``values - eps``."""
+    cumulative = torch.tensor(counts).cumsum(0)
+    assert (torch.tensor(binned(values + eps, bins)).cumsum(0) <= cumulative).all(), counts
+    assert (cumulative <= torch.tensor(binned(values - eps, bins)).cumsum(0)).all(), counts
+
+
+def expected_results(model, compare, x, labels, class_names, blocks, pruned, ratios, bins, gate_classes):
+    """The analyses of res4 as analysis.json lays them out, every number computed with the helpers above."""
+    classes = sorted(set(labels.tolist()))
+    block, compare_block = model.get_submodule(f"resnet.{pruned}"), compare.get_submodule(f"resnet.{pruned}")
+    top1, compare_top1 = top1_by_hand(model, x, labels), top1_by_hand(compare, x, labels)
+    curve = {order: [top1_by_hand(model, x, labels, [(block.ge, pruned_by_hand(r, order))]) for r in ratios]
+             for order in ("asc", "des")}
+    selectivity = {}
+    for who, classifier in (("model", model), ("compare", compare)):
+        outputs = block_outputs_by_hand(classifier, x)
+        selectivity[who] = {name: selectivity_by_hand(outputs[name], labels, classes) for name in blocks}
+    gates, by_stage = gates_by_hand(model, x), {}
+    for name in gates:
+        by_stage.setdefault(name.split(".")[0], []).append(name)
+    histograms, class_means = {}, {}
+    for stage, names in by_stage.items():
+        histograms[stage] = {"blocks": names, "counts": binned(torch.cat([gates[n].flatten() for n in names]), bins)}
+        last = gates[names[-1]]
+        per_class = torch.stack([last[labels == c].mean(dim=0) for c in classes])
+        class_means[stage] = {"block": names[-1], "all_classes": per_class.mean(dim=0).tolist(),
+                              "per_class": {class_names[c]: per_class[i].tolist()
+                                            for i, c in enumerate(classes[:gate_classes])}}
+    removed = top1_by_hand(compare, x, labels, [(compare_block, branch_removed)])
+    return {"classes": class_names, "stage": "res4", "top1": {"model": top1, "compare": compare_top1},
+            "selectivity": selectivity,
+            "pruning": {pruned: {"ratios": list(ratios), **curve, "compare": {"ratios": [0.0, 1.0],
+                                                                            "top1": [compare_top1, removed]}}},
+            "gates": {"bin_edges": [i / bins for i in range(bins + 1)], "histograms": histograms,
+                      "class_means": class_means}}
+
+
+def assert_matches(actual, expected, where="analysis.json"):
+    """``actual`` has ``expected``'s keys (in order), lengths and values; numbers to the 6 significant digits
+    analysis.json keeps (and float32 rounding: 1e-5 absolute on values in [0, 1])."""
+    if isinstance(expected, dict):
+        assert list(actual) == list(expected), where
+        for key, value in expected.items():
+            assert_matches(actual[key], value, f"{where}[{key!r}]")
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), where
+        for i, (got, want) in enumerate(zip(actual, expected)):
+            assert_matches(got, want, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert got_close(actual, expected), f"{where}: {actual} != {expected}"
+    else:
+        assert actual == expected, where
+
+
+def got_close(actual, expected):
+    return actual == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_analyze_features_json_against_values_computed_here(tmp_path):
+    torch.manual_seed(0)
+    _, model = tiny_classifier("theta")
+    _, compare = tiny_classifier("none")
+    x, names, log = images(12), ["apple", "boat", "cat"], []
+    loader = [(x[:8], LABELS[:8]), (x[8:], LABELS[8:])]
+    results = analyze_features(model, loader, names, compare=compare, stage="res4", blocks=[0, 5],
+                               prune_ratios=(0.0, 0.5, 1.0), bins=20, gate_classes=2, log=log.append)
+    paths = save_results(results, str(tmp_path))
+    assert [os.path.relpath(p, tmp_path) for p in paths] == ["analysis.json", "selectivity.png", "pruning.png",
+                                                              "gates.png"]
+    expected = expected_results(model, compare, x, LABELS, names, ["res4.0", "res4.5"], "res4.5", [0.0, 0.5, 1.0],
+                                bins=20, gate_classes=2)
+    curve = expected["pruning"]["res4.5"]
+    # on these images top-1 tells the orders at ratio 0.5 apart, and ratio 0 from ratio 1
+    assert curve["asc"][1] != curve["des"][1] and curve["asc"][0] != curve["asc"][2]
+    assert_matches(json.load(open(paths[0])), expected)
+    # the progress log: the end of each of the six passes (the "des" ratio 1 is the "asc" one), ETA 0 at 100%
+    assert [line.split(": batch 2/2, ")[0] for line in log if ": batch 2/2, " in line] == [
+        "statistics", "statistics of the comparison", "pruning res4.5 asc 0.5", "pruning res4.5 asc 1",
+        "pruning res4.5 des 0.5", "comparison without res4.5's residual branch"]
+    assert "100% of all" in log[-1] and log[-1].endswith("ETA 0:00:00")
+
+
 def test_load_classifier_takes_a_torchvision_state_dict(tmp_path):
     """A torchvision ResNet-50 state_dict (random weights, non-trivial norm statistics) loaded into the
     "none" classifier of configs/pretrain/r50_none.yaml gives torchvision's logits; into a GE config it
@@ -185,7 +366,7 @@ def test_load_classifier_takes_a_torchvision_state_dict(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     """A 3-class ImageFolder of 32x32 images (2 per class), checkpoints of a tiny GE-theta and a tiny plain
-    ResNet in tools/pretrain_net.py's format, and a config file for each."""
+    ResNet in tools/pretrain_net.py's format, and a config file for each; the models themselves."""
     root = tmp_path_factory.mktemp("analysis")
     rng = np.random.default_rng(0)
     for c, name in enumerate(("apple", "boat", "cat")):
@@ -196,14 +377,14 @@ def tiny_setup(tmp_path_factory):
     os.makedirs(root / "no_classes")
     (root / "garbage.pth").write_bytes(b"not a checkpoint")
     torch.manual_seed(0)
-    paths = {}
+    paths, models = {}, {}
     for variant in ("theta", "none"):
-        cfg, model = tiny_classifier(variant)
+        cfg, models[variant] = tiny_classifier(variant)
         paths[variant] = str(root / f"{variant}.pth")
-        torch.save({"model": ClassificationTask(model).state_dict()}, paths[variant])
+        torch.save({"model": ClassificationTask(models[variant]).state_dict()}, paths[variant])
         with open(root / f"{variant}.yaml", "w") as f:
             f.write(cfg.dump())
-    return root, paths
+    return root, paths, models
 
 
 def run_tool(monkeypatch, *args):
@@ -224,7 +405,7 @@ def run_tool(monkeypatch, *args):
     ("theta", "garbage", "data", [], "cannot be read as a checkpoint"),
 ])
 def test_tool_errors_are_one_line(tiny_setup, monkeypatch, tmp_path, config, weights, data, parts, message):
-    root, paths = tiny_setup
+    root, paths, _ = tiny_setup
     error = run_tool(monkeypatch, "--config-file", root / f"{config}.yaml", *parts, "--data", root / data, "--output",
                      tmp_path, "MODEL.WEIGHTS", paths.get(weights, root / f"{weights}.pth"))
     assert isinstance(error, str) and error.startswith("analyze_features.py: error: ") and "\n" not in error, error
@@ -234,7 +415,7 @@ def test_tool_errors_are_one_line(tiny_setup, monkeypatch, tmp_path, config, wei
 def test_image_folder_loader(tiny_setup, tmp_path):
     from ge_detectron.analysis import AnalysisError, image_folder_loader
 
-    root, _ = tiny_setup
+    root, _, _ = tiny_setup
     loader, classes = image_folder_loader(str(root / "data"), torch.nn.Identity(), 4, 3, images_per_class=1)
     assert classes == ["apple", "boat", "cat"]
     assert [label for _, label in loader.dataset] == [0, 1, 2]  # the first image of each class
@@ -249,7 +430,7 @@ def test_image_folder_loader(tiny_setup, tmp_path):
 
 @pytest.mark.slow
 def test_tool_end_to_end(tiny_setup, tmp_path):
-    root, paths = tiny_setup
+    root, paths, models = tiny_setup
     out = tmp_path / "out"
     cmd = [sys.executable, TOOL, "--config-file", str(root / "theta.yaml"), "--compare", str(root / "none.yaml"),
            "--compare-opts", "MODEL.WEIGHTS", paths["none"], "--data", str(root / "data"), "--output", str(out),
@@ -263,6 +444,18 @@ def test_tool_end_to_end(tiny_setup, tmp_path):
         with open(out / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     results = json.load(open(out / "analysis.json"))
+    # the images as the models see them: 32x32 RGB PNGs (resize and crop to 32 keep them), class folders in order
+    files = sorted((root / "data").glob("*/*.png"))
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+    labels = torch.tensor([["apple", "boat", "cat"].index(f.parent.name) for f in files])
+    expected = expected_results(models["theta"], models["none"], x.float(), labels, ["apple", "boat", "cat"],
+                                ["res4.0", "res4.5"], "res4.5", [0.0, 0.5, 1.0], bins=50, gate_classes=8)
+    # the tool runs batches of 4 in one thread: a gate on a bin edge may fall into the next bin
+    gates = gates_by_hand(models["theta"], x.float())
+    for stage, histogram in results["gates"]["histograms"].items():
+        assert_histogram_close(histogram["counts"], torch.cat([gates[n].flatten() for n in histogram["blocks"]]), 50)
+        expected["gates"]["histograms"][stage]["counts"] = histogram["counts"]  # checked just above
+    assert_matches(results, {**expected, "labels": {"model": "GE-theta global ResNet-50", "compare": "ResNet-50"}})
     assert results["classes"] == ["apple", "boat", "cat"]
     for who in ("model", "compare"):
         assert list(results["selectivity"][who]) == ["res4.0", "res4.5"]
@@ -270,9 +463,13 @@ def test_tool_end_to_end(tiny_setup, tmp_path):
             assert len(values) == 64 and all(0 <= v <= 1 for v in values)
     curve = results["pruning"]["res4.5"]
     assert curve["ratios"] == [0, 0.5, 1]
+    # ratio 0 is the model, ratio 1 its block without the residual branch whatever the order: as computed here
     assert curve["asc"][0] == curve["des"][0] == results["top1"]["model"]
+    assert got_close(results["top1"]["model"], expected["top1"]["model"])
     assert curve["asc"][2] == curve["des"][2]
+    assert got_close(curve["asc"][2], expected["pruning"]["res4.5"]["asc"][2])
     assert curve["compare"]["top1"][0] == results["top1"]["compare"]
+    assert got_close(results["top1"]["compare"], expected["top1"]["compare"])
     assert all(abs(v * 6 / 100 - round(v * 6 / 100)) < 1e-4 for v in curve["asc"] + curve["des"])  # of 6 images
     gates = results["gates"]
     assert list(gates["histograms"]) == ["res2", "res3", "res4", "res5"]

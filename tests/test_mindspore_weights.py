@@ -2,16 +2,15 @@
 
 The checkpoints here are synthetic: written by hand in the protobuf wire format the issue describes (not with
 the reader's message classes), with the issue's tag list and random tensors of the right shapes. Converted
-with tools/convert_weights.py's functions and loaded by detectron2's DetectionCheckpointer into
-``build_ge_classifier(configs/pretrain/mindspore/r50_<variant>.yaml)``, the logits must equal those of a
-float64 implementation of their network written below from the issue's description (explicit F.pad
-padding, the BN formula written out).
+by ge_detectron.pretrain.mindspore (what tools/convert_weights.py runs) and loaded by detectron2's
+DetectionCheckpointer into ``build_ge_classifier(configs/pretrain/mindspore/r50_<variant>.yaml)``, the logits
+must equal those of a float64 implementation of their network written below from the issue's description
+(explicit F.pad padding, the BN formula written out).
 """
 import math
 import os
 import pickle
 import struct
-import sys
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from ge_detectron.checkpoint import load_weights
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.layers.same_padding import same_padding
 from ge_detectron.pretrain import get_pretrain_cfg
+from ge_detectron.pretrain.cli import run_convert_weights
 from ge_detectron.pretrain.mindspore import (MindSporeCheckpointError, convert_genet_checkpoint,
                                              genet_checkpoint_to_pkl, read_mindspore_checkpoint)
 
@@ -350,16 +350,11 @@ def test_not_a_checkpoint(tmp_path):
     one_line_error(lambda: read_mindspore_checkpoint(str(tmp_path / "model.ckpt")), r"a zip archive .*PyTorch")
 
 
-def test_tool_reports_a_bad_file_in_one_line(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import convert_weights
-    finally:
-        sys.path.pop(0)
+def test_tool_reports_a_bad_file_in_one_line(tmp_path):
     path = tmp_path / "bad.ckpt"
     path.write_bytes(b"not a checkpoint at all")
-    monkeypatch.setattr(sys, "argv", ["convert_weights.py", str(path), str(tmp_path / "out.pkl")])
     with pytest.raises(SystemExit, match=r"^convert_weights.py: error: cannot convert .*bad.ckpt.*: .*not a "
                                          r"MindSpore checkpoint") as error:
-        convert_weights.main()
+        run_convert_weights([str(path), str(tmp_path / "out.pkl")])
     assert "\n" not in str(error.value.code)
+    assert not (tmp_path / "out.pkl").exists()

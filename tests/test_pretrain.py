@@ -13,7 +13,7 @@ from ge_detectron.data import shape_classes
 from ge_detectron.data.classification import build_eval_transform
 from ge_detectron.modeling.classifier import build_ge_classifier, zero_init_residual
 from ge_detectron.pretrain import ClassificationEvaluator, get_pretrain_cfg
-from ge_detectron.pretrain.analysis import classifier_cfg, classifier_stats
+from ge_detectron.pretrain.complexity import classifier_cfg, classifier_stats
 from helpers import NARROW_R50, TINY_PRETRAIN, class_folders
 from PIL import Image
 

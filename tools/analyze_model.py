@@ -11,8 +11,8 @@ import argparse
 import os
 
 import ge_detectron  # noqa: F401  (compat fixes before detectron2 is used)
-from ge_detectron.pretrain.analysis import (classifier_cfg, classifier_stats, detector_cfg, detector_stats,
-                                            markdown_table)
+from ge_detectron.pretrain.complexity import (classifier_cfg, classifier_stats, detector_cfg, detector_stats,
+                                              markdown_table)
 
 IMAGENET_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "pretrain", "Base-ImageNet.yaml")
 

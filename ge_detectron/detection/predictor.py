@@ -12,7 +12,7 @@ import os
 import torch
 from detectron2.data.catalog import Metadata
 
-from ..checkpoint import load_weights
+from ..checkpoint import load_weights, weights_mismatch
 from ..data import check_num_classes, dataset_categories
 from ..launch import check_device
 from .images import PredictError, model_input
@@ -40,18 +40,9 @@ def load_trained_weights(model, weights, config_file):
         raise PredictError(f"cannot load weights {weights!r}: {type(e).__name__}: {e}") from None
     finally:
         loader_log.setLevel(level)
-    shapes = {key: (tuple(ckpt), tuple(mine)) for key, ckpt, mine in incompatible.incorrect_shapes}
-    missing = [k for k in incompatible.missing_keys if k not in shapes]
-    if shapes or missing or incompatible.unexpected_keys:
-        parts = []
-        if shapes:
-            key, (theirs, ours) = next(iter(shapes.items()))
-            parts.append(f"{len(shapes)} tensors have other shapes than the model's (e.g. {key}: {theirs} in the "
-                         f"weights, {ours} in the model)")
-        parts += [f"{len(missing)} model tensors are missing (e.g. {missing[0]})"] if missing else []
-        parts += ([f"{len(incompatible.unexpected_keys)} weights are not in the model (e.g. "
-                   f"{incompatible.unexpected_keys[0]})"] if incompatible.unexpected_keys else [])
-        raise PredictError(f"weights {weights!r} do not fit the model of {config_file!r}: {'; '.join(parts)}. "
+    mismatch = weights_mismatch(incompatible)
+    if mismatch:
+        raise PredictError(f"weights {weights!r} do not fit the model of {config_file!r}: {mismatch}. "
                            "Use the weights a training run with this config wrote (OUTPUT_DIR/model_final.pth).")
 
 
