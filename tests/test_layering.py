@@ -14,6 +14,7 @@ LAYERS = [
     ("base", ["atomic", "compat", "evaluation", "launch", "benchmark"]),
     ("ops", ["ops", "_C"]),
     ("layers", ["layers"]),
+    ("fused gradients check", ["fused_gradients"]),
     ("builder arguments", ["modeling/arguments"]),
     ("config", ["config"]),
     ("modeling", ["modeling"]),
@@ -21,7 +22,7 @@ LAYERS = [
     ("engine", ["engine"]),
     ("run flows", ["detection", "pretrain"]),
     ("export and analysis", ["export", "analysis"]),
-    ("tool flows", ["detection/cli", "export/cli", "gpu_check"]),
+    ("tool flows", ["detection/cli", "export/cli"]),
     ("public API", ["__init__"]),
 ]
 
