@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Everything the GPU must show, in one run of at most 8 minutes on one H100/H200 (``make gpu-check``);
+"""Everything the GPU must show, in one run of at most 9 minutes on one H100/H200 (``make gpu-check``);
 writes output/gpu_check/report.md and report.json.
 
     python tools/gpu_check.py                         # on a CUDA machine (without a GPU: says so, exits 0)
@@ -66,7 +66,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # where the ge_detectron this process imports lies: the steps' processes import the same one
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ge_detectron.__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "faster_rcnn_ge_theta_e8_r50_fpn_shapes.yaml")
-TOTAL_BUDGET_S = 8 * 60
+TOTAL_BUDGET_S = 9 * 60
 
 QUICK_TRAINING = NARROW_R50 + [
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
@@ -234,7 +234,7 @@ def read_json(name):
     return read
 
 
-def _case(name, fn):
+def checked(name, fn):
     """{"name", "ok", ...fn()}; an exception is the case's failure (its type and first line), not the step's."""
     try:
         return {"name": name, **fn()}
@@ -277,15 +277,15 @@ def gradients_step(check):
             images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0)).to(check.device)
             return compare_fused_to_reference(model, images, dtype)
         precision = f"AMP ({str(dtype).replace('torch.', '')})" if amp else "float32"
-        cases.append({"precision": precision, **_case(name, compare)})
+        cases.append({"precision": precision, **checked(name, compare)})
     return {"image": f"{height}x{width}", "batch": 2, "cases": cases, "ok": all(c["ok"] for c in cases)}
 
 
-def ge_block(device, fused="on"):
+def ge_block(device):
     """A GE-θ E8 bottleneck of res4 (1024 channels, bottleneck 256; FrozenBN), from a fixed seed."""
     torch.manual_seed(0)
     return GEBottleneckBlock(1024, 1024, bottleneck_channels=256, norm="FrozenBN", ge_variant="theta", ge_extent=8,
-                             ge_norm="FrozenBN", ge_fused=fused).to(device)
+                             ge_norm="FrozenBN", ge_fused="on").to(device)
 
 
 COMPILE_SIZES = {"cuda": [(512, 768), (640, 960), (800, 1216), (704, 1088)], "cpu": [(32, 48), (48, 64), (64, 96), (96, 128)]}
@@ -327,7 +327,7 @@ def compile_step(check):
                 errors.append(max(relative_error(out[k], ref[k]) for k in ref))
             return {"graphs": counter.frame_count, "max_error": max(errors),
                     "ok": counter.frame_count <= MAX_GRAPHS and max(errors) <= COMPILE_RTOL}
-        runs.append(_case(mode, run))
+        runs.append(checked(mode, run))
     return {"module": what, "backend": backend, "sizes": [f"{h}x{w}" for h, w in sizes], "rtol": COMPILE_RTOL,
             "max_graphs": MAX_GRAPHS, "runs": runs, "ok": all(r["ok"] for r in runs)}
 
@@ -344,56 +344,53 @@ def devices_step(check):
     torch.cuda.set_device(0)
     block = ge_block("cuda:1")
     x = torch.randn(2, 1024, 64, 96, generator=torch.Generator().manual_seed(0)).to("cuda:1")
-    case = _case("cuda:1 with cuda:0 current, float32", lambda: compare_fused_to_reference(block, x))
+    case = checked("cuda:1 with cuda:0 current, float32", lambda: compare_fused_to_reference(block, x))
     case["current_device"] = torch.cuda.current_device()
     case["ok"] = case["ok"] and case["current_device"] == 0
     return {"cases": [case], "ok": case["ok"]}
 
 
-# a graph's replay against eager in float32 (TF32 off): the same kernels, so equal up to the reference's rounding
+# a graph's replay against eager in float32 (TF32 off): the same kernels, equal up to cuDNN's non-deterministic sums
 CUDA_GRAPH_RTOL = 1e-5
 
 
 def cuda_graphs_step(check):
     """A GE bottleneck's forward and backward (the fused operator) captured in a CUDA graph after 3 warm-up
-    iterations on a side stream, replayed on a new input: output and every gradient against eager with the
-    reference excite."""
-    block = ge_block("cuda").train()
-    params = [p for p in block.parameters() if p.requires_grad]
-    gen = torch.Generator().manual_seed(0)
-    static_x = torch.randn(2, 1024, 64, 96, generator=gen).cuda()
-    static_grad = torch.randn(2, 1024, 64, 96, generator=gen).cuda()
+    iterations on a side stream, replayed on a new input: its output and every gradient against eager."""
+    def capture_and_replay():
+        block = ge_block("cuda").train()
+        params = [p for p in block.parameters() if p.requires_grad]
+        gen = torch.Generator().manual_seed(0)
+        static_x, grad_out, new_x = (torch.randn(2, 1024, 64, 96, generator=gen).cuda() for _ in range(3))
 
-    def forward_backward(x):
+        def forward_backward(x):
+            for p in params:
+                p.grad = None
+            out = block(x)
+            out.backward(grad_out)
+            return out
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # the first launches compile the Triton kernels: never inside a capture
+                forward_backward(static_x)
+        torch.cuda.current_stream().wait_stream(stream)
         for p in params:
             p.grad = None
-        out = block(x)
-        out.backward(static_grad)
-        return out
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = block(static_x)
+            static_out.backward(grad_out)
+        static_x.copy_(new_x)
+        graph.replay()
+        torch.cuda.synchronize()
+        replayed = [static_out.detach().clone(), *(p.grad.detach().clone() for p in params)]
+        eager = forward_backward(new_x)
+        errors = [relative_error(a, b) for a, b in zip(replayed, [eager.detach(), *(p.grad for p in params)])]
+        return {"tensors": len(errors), "max_error": max(errors), "ok": max(errors) <= CUDA_GRAPH_RTOL}
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # the first launches compile the Triton kernels: never inside a capture
-            forward_backward(static_x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    for p in params:
-        p.grad = None
-    with torch.cuda.graph(graph):
-        static_out = block(static_x)
-        static_out.backward(static_grad)
-    new_x = torch.randn(2, 1024, 64, 96, generator=gen).cuda()
-    static_x.copy_(new_x)
-    graph.replay()
-    torch.cuda.synchronize()
-    replayed = [static_out.detach().clone(), *(p.grad.detach().clone() for p in params)]
-    block.ge.fused = "off"
-    eager = forward_backward(new_x)
-    expected = [eager.detach(), *(p.grad for p in params)]
-    errors = [relative_error(a, b) for a, b in zip(replayed, expected)]
-    return {"tensors": len(errors), "max_error": max(errors), "rtol": CUDA_GRAPH_RTOL,
-            "ok": max(errors) <= CUDA_GRAPH_RTOL}
+    return {"rtol": CUDA_GRAPH_RTOL, **checked("GE-θ E8 bottleneck (res4), forward and backward", capture_and_replay)}
 
 
 OWN_STEPS = {"grads": gradients_step, "compile": compile_step, "devices": devices_step,
@@ -417,13 +414,15 @@ def own_step(name, title, budget_s, quick_budget_s, unchecked=None):
 STEPS = [
     Step("op_tests", "op tests", 60, 60, op_tests_command, op_tests_read, ["op_tests.xml"], op_tests_env,
          needs=["tests/test_excite_op.py", "tests/test_excite_triton.py"]),
-    Step("excite", "excite benchmark", 120, 60, excite_command, excite_read, ["excite.json"]),
-    Step("model", "model benchmark", 60, 90, model_command, model_read, ["model.json"]),
+    Step("excite", "excite benchmark", 150, 60, excite_command, excite_read, ["excite.json"],
+         needs=["tools/benchmark_excite.py"]),
+    Step("model", "model benchmark", 60, 90, model_command, model_read, ["model.json"],
+         needs=["tools/benchmark_model.py"]),
     # the demo's 200 iterations, with the generation of its 700 images on a fresh machine and the evaluation
     Step("train", "demo training", 90, 90, train_command, train_read, ["train"], train_env,
-         needs=[os.path.relpath(DEMO_CONFIG, REPO)]),
+         needs=["tools/train_net.py", os.path.relpath(DEMO_CONFIG, REPO)]),
     own_step("grads", "fused vs reference gradients", 45, 60),
-    own_step("compile", "torch.compile, four sizes", 75, 60),
+    own_step("compile", "torch.compile, four sizes", 90, 60),
     own_step("devices", "cuda:1 with cuda:0 current", 15, 30, devices_unchecked),
     own_step("cuda_graphs", "CUDA graph capture", 15, 30,
              lambda check: "CUDA graphs need a GPU" if check.device != "cuda" else None),
@@ -701,8 +700,10 @@ def _devices_section(r):
 
 
 def _cuda_graphs_section(r):
-    return [f"Output and {r['tensors'] - 1} gradients of the replay against eager (reference excite): max relative "
-            f"error {r['max_error']:.1e} (tolerance {r['rtol']:g})."]
+    if r.get("error"):
+        return [f"{r['name']}: FAIL ({r['error']})."]
+    return [f"{r['name']}: output and {r['tensors'] - 1} gradients of the replay against eager: max relative "
+            f"error {r['max_error']:.1e} (tolerance {r['rtol']:g}): {'pass' if r['ok'] else 'FAIL'}."]
 
 
 # Per step: its report heading, the lines under it whatever the result, and the lines of its result.
