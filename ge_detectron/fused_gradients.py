@@ -103,7 +103,7 @@ def compare_fused_to_reference(model, inputs, autocast_dtype=None, worst=3):
     for name in truth.keys() & reference.keys() & fused.keys():
         rows.append((name, relative_error(fused[name], truth[name]), relative_error(reference[name], truth[name])))
     rows.sort(key=lambda row: -row[1] / (RATIO * row[2] + floor))  # the largest share of its allowance first
-    missing = sorted((truth.keys() | reference.keys() | fused.keys()) - (truth.keys() & reference.keys() & fused.keys()))
+    missing = sorted((truth.keys() | reference.keys() | fused.keys()) - {name for name, _, _ in rows})
     return {"modules": len(modules), "parameters": len(rows),
             "ok": not missing and bool(rows) and all(math.isfinite(r) and f <= RATIO * r + floor for _, f, r in rows),
             "ratio": RATIO, "floor": floor, "worst": [list(row) for row in rows[:worst]],

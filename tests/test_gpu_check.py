@@ -141,7 +141,8 @@ def test_cpu_quick_run_writes_the_whole_report_and_only_reruns_named_steps(tmp_p
 
     grads = steps["grads"]["result"]
     assert [(c["name"], c["precision"]) for c in grads["cases"]] == [
-        ("GE-θ E8, FrozenBN", "float32"), ("GE-θ E8, FrozenBN", "AMP (bfloat16)"), ("GE-θ⁺ E8, GN", "AMP (bfloat16)")]
+        ("GE-θ E8, FrozenBN", "float32"), ("GE-θ E8, FrozenBN", "AMP (bfloat16)"),
+        ("GE-θ⁺ E8, GN", "AMP (bfloat16)")]
     for case in grads["cases"]:
         assert case["ok"] and case["modules"] == 13 and case["missing"] == []  # GE in res3..res5's 4 + 6 + 3 blocks
         assert case["parameters"] >= 97 and case["max_error_fused"] > 0  # every trainable parameter, computed
@@ -158,9 +159,9 @@ def test_cpu_quick_run_writes_the_whole_report_and_only_reruns_named_steps(tmp_p
         assert target["value"] == pytest.approx(expected)
         assert target["pass"] == (expected <= bound if "<=" in target["target"] else expected >= bound)
 
-    for heading in ("## Steps", "## Targets", "## Op tests", "## Excite operator", "## Model training step and inference",
-                    "## Demo training", "## Fused against reference gradients", "## torch.compile over four input sizes",
-                    "## A second GPU", "## CUDA graph capture"):
+    for heading in ("## Steps", "## Targets", "## Op tests", "## Excite operator",
+                    "## Model training step and inference", "## Demo training", "## Fused against reference gradients",
+                    "## torch.compile over four input sizes", "## A second GPU", "## CUDA graph capture"):
         assert heading in md
     assert "none of its numbers is a GPU measurement" in md and md.count("| res") == 32
     assert "Not checked: the CPU has no second device." in md and "Not checked: CUDA graphs need a GPU." in md

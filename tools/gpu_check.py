@@ -51,6 +51,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 import ge_detectron  # noqa: E402  (compat fixes and registration before detectron2 is used)
+import detectron2  # noqa: E402
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
@@ -288,7 +289,8 @@ def ge_block(device):
                              ge_norm="FrozenBN", ge_fused="on").to(device)
 
 
-COMPILE_SIZES = {"cuda": [(512, 768), (640, 960), (800, 1216), (704, 1088)], "cpu": [(32, 48), (48, 64), (64, 96), (96, 128)]}
+COMPILE_SIZES = {"cuda": [(512, 768), (640, 960), (800, 1216), (704, 1088)],
+                 "cpu": [(32, 48), (48, 64), (64, 96), (96, 128)]}
 # compiled against eager in float32: reordered sums through ~50 layers; a wrong kernel is off by O(1)
 COMPILE_RTOL = 1e-3
 # dynamic sizes compile once (or a first graph specialised to the first size, then a dynamic one): a graph
@@ -534,8 +536,6 @@ def prepare_quick_datasets(check):
 
 
 def environment(device):
-    import detectron2
-
     try:
         import triton
         triton_version = triton.__version__
@@ -670,16 +670,16 @@ def _grads_section(r):
     lines = [f"2 images of {r['image']}; error = ||grad - grad_float64|| / ||grad_float64|| per parameter, the "
              "reference in float64 on a float64 copy of the model; pass: every parameter's fused error <= "
              "ratio x the reference's error at the same precision + floor (ge_detectron/fused_gradients.py).", "",
-             "| model | precision | GE modules | parameters | max error fused | max error reference | ratio, floor | pass | "
-             "worst parameters (fused, reference) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| model | precision | GE modules | parameters | max error fused | max error reference | ratio, floor | "
+             "pass | worst parameters (fused, reference) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in r["cases"]:
         if c.get("error"):
             lines.append(f"| {c['name']} | {c['precision']} | - | - | - | - | - | NO{_error(c)} | - |")
             continue
         worst = "; ".join(f"`{name}` {f:.1e}, {ref:.1e}" for name, f, ref in c["worst"])
-        lines.append(f"| {c['name']} | {c['precision']} | {c['modules']} | {c['parameters']} | {c['max_error_fused']:.1e} | "
-                     f"{c['max_error_reference']:.1e} | {c['ratio']:g}, {c['floor']:.1e} | {'yes' if c['ok'] else 'NO'} | "
-                     f"{worst} |")
+        lines.append(f"| {c['name']} | {c['precision']} | {c['modules']} | {c['parameters']} | "
+                     f"{c['max_error_fused']:.1e} | {c['max_error_reference']:.1e} | {c['ratio']:g}, {c['floor']:.1e} | "
+                     f"{'yes' if c['ok'] else 'NO'} | {worst} |")
         if c["missing"]:
             lines.append(f"| (gradients in one run only: {', '.join(c['missing'])}) | | | | | | | | |")
     return lines
@@ -732,7 +732,8 @@ def summary(report):
     quick = " (--quick: not GPU numbers)" if report["quick"] else ""
     lines = [f"GPU check on {report['environment']['device']}{quick}: "
              f"{report['seconds']} s"]
-    lines += [f"  {s['title']:<32}{s['status']:<12}{s['seconds']:>7.1f} s of {s['budget_s']:g}" for s in report["steps"]]
+    lines += [f"  {s['title']:<32}{s['status']:<12}{s['seconds']:>7.1f} s of {s['budget_s']:g}"
+              for s in report["steps"]]
     lines += [f"  {t['target']:<60}{t['shown']:>14}  {'-' if t['pass'] is None else 'pass' if t['pass'] else 'FAIL'}"
               for t in report["targets"]]
     return "\n".join(lines)
