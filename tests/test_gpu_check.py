@@ -6,6 +6,7 @@ The failures are injected into the check's processes by a ``sitecustomize`` modu
 imports it at the start of every process), written by the test: the tool has no switch for them."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -45,6 +46,26 @@ def test_without_a_gpu_one_line_and_exit_0_and_the_cpu_needs_quick(tmp_path):
     assert proc.returncode == 2 and "add --quick" in proc.stderr and not (tmp_path / "out").exists()
 
 
+def test_without_the_repository_the_steps_that_need_it_are_not_run(tmp_path):
+    """tools/gpu_check.py alone, with the package importable (as installed from a wheel): no tests/, configs/."""
+    tools = tmp_path / "elsewhere" / "tools"
+    tools.mkdir(parents=True)
+    shutil.copy(TOOL, tools)
+    out = tmp_path / "out"
+    pythonpath = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, str(tools / "gpu_check.py"), "--device", "cpu", "--quick",
+                           "--only", "op_tests", "train", "devices", "--out", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": pythonpath})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report, md = report_of(out)
+    assert [(s["name"], s["status"], s.get("reason")) for s in report["steps"]] == [
+        ("op_tests", "not run", "needs the repository (tests/test_excite_op.py)"),
+        ("train", "not run", "needs the repository (tools/train_net.py)"),
+        ("devices", "not checked", "the CPU has no second device")]
+    assert "Not run: needs the repository (tests/test_excite_op.py)." in md and sorted(os.listdir(out)) == [
+        "report.json", "report.md"]
+
+
 # In the step's own process (the check runs it as `gpu_check.py --step NAME`): start a grandchild that would
 # outlive a kill of the step's process alone, write its pid, and hang.
 HANG = """
@@ -72,34 +93,42 @@ def test_a_step_over_its_budget_is_killed_with_its_children_and_reported(tmp_pat
     assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(")")[1].split()[0] == "Z"
 
 
-# The C++ backward kernels' wrapper with the gate's gradient doubled: what a wrong backward kernel would return.
-WRONG_BACKWARD = """
+# In the steps' processes, the C++ kernels' wrappers: the gate's gradient doubled (what a wrong backward kernel
+# would return), and bfloat16 inputs refused (what a dtype check of the operator raising under autocast does).
+WRONG_KERNELS = """
     import sys
     if "--step" in sys.argv:
+        import torch
         import ge_detectron.ops.excite_cpp as cpp
-        backward = cpp.backward
+        forward, backward = cpp.forward, cpp.backward
+        def bfloat16_refused(x, *args):
+            if x.dtype == torch.bfloat16:
+                raise RuntimeError("ge_detectron::excite: bfloat16 refused by the test's hook\\nsecond line")
+            return forward(x, *args)
         def doubled_grad_g(*args):
             grad_x, grad_g, grad_shortcut = backward(*args)
             return grad_x, 2 * grad_g, grad_shortcut
-        cpp.backward = doubled_grad_g
+        cpp.forward, cpp.backward = bfloat16_refused, doubled_grad_g
 """
 
 
-def test_a_wrong_backward_fails_the_check_and_only_runs_the_named_step(tmp_path):
+def test_a_wrong_backward_or_a_raising_operator_fails_the_check_and_only_the_named_step_runs(tmp_path):
     out = tmp_path / "out"
-    proc = gpu_check(["--device", "cpu", "--quick", "--only", "grads", "--out", str(out)], tmp_path, WRONG_BACKWARD)
+    proc = gpu_check(["--device", "cpu", "--quick", "--only", "grads", "--out", str(out)], tmp_path, WRONG_KERNELS)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report, md = report_of(out)
     assert [s["name"] for s in report["steps"]] == ["grads"]
     assert sorted(os.listdir(out)) == ["grads.json", "grads.log", "report.json", "report.md"]  # no other step ran
     step = report["steps"][0]
-    assert step["status"] == "fail" and step["returncode"] == 0
-    cases = step["result"]["cases"]
-    assert len(cases) == 3 and not any(c["ok"] for c in cases) and not any("error" in c for c in cases)
-    for case in cases:  # the worst parameters are GE gathers' (the doubled gate gradient flows into them first)
-        name, fused, reference = case["worst"][0]
-        assert ".ge." in name and fused > case["ratio"] * reference + case["floor"]
-    assert "| fused vs reference gradients | fail |" in md and md.count("| NO |") == 3
+    assert step["status"] == "fail" and step["returncode"] == 0  # the step ran to its end and reported
+    float32, *amp = step["result"]["cases"]
+    assert float32["precision"] == "float32" and not float32["ok"] and "error" not in float32
+    name, fused, reference = float32["worst"][0]  # the doubled gate gradient reaches the GE gathers' first
+    assert ".ge." in name and fused > 0.1 > 1e3 * reference
+    error = "RuntimeError: ge_detectron::excite: bfloat16 refused by the test's hook"
+    assert [(c["precision"], c["ok"], c["error"]) for c in amp] == [("AMP (bfloat16)", False, error)] * 2
+    assert "| fused vs reference gradients | fail |" in md and md.count("| NO |") == 1
+    assert md.count(f"| NO ({error}) |") == 2
     assert "fused vs reference gradients    fail" in proc.stdout
 
 

@@ -572,7 +572,7 @@ def run(check, steps=STEPS):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
-    if check.quick and any(step.name == "train" for step in steps):
+    if check.quick and any(step.name == "train" and not step.missing() for step in steps):
         prepare_quick_datasets(check)
     report = {"environment": environment(check.device), "quick": check.quick, "steps": []}
     start = time.monotonic()
@@ -678,8 +678,8 @@ def _grads_section(r):
             continue
         worst = "; ".join(f"`{name}` {f:.1e}, {ref:.1e}" for name, f, ref in c["worst"])
         lines.append(f"| {c['name']} | {c['precision']} | {c['modules']} | {c['parameters']} | "
-                     f"{c['max_error_fused']:.1e} | {c['max_error_reference']:.1e} | {c['ratio']:g}, {c['floor']:.1e} | "
-                     f"{'yes' if c['ok'] else 'NO'} | {worst} |")
+                     f"{c['max_error_fused']:.1e} | {c['max_error_reference']:.1e} | "
+                     f"{c['ratio']:g}, {c['floor']:.1e} | {'yes' if c['ok'] else 'NO'} | {worst} |")
         if c["missing"]:
             lines.append(f"| (gradients in one run only: {', '.join(c['missing'])}) | | | | | | | | |")
     return lines
