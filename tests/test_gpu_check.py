@@ -71,26 +71,34 @@ def test_without_the_repository_the_steps_that_need_it_are_not_run(tmp_path):
 HANG = """
     import subprocess, sys, time
     if "--step" in sys.argv:
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(200)"])
         open({pid_file!r}, "w").write(str(child.pid))
-        time.sleep(120)
+        time.sleep(200)
 """
 
 
 def test_a_step_over_its_budget_is_killed_with_its_children_and_reported(tmp_path):
     out, pid_file = tmp_path / "out", tmp_path / "child.pid"
-    # grads' --quick budget is 60 s: 6 s with --budget-scale 0.1
+    # grads' --quick budget is 120 s: 12 s with --budget-scale 0.1
     proc = gpu_check(["--device", "cpu", "--quick", "--only", "grads", "--budget-scale", "0.1", "--out", str(out)],
-                     tmp_path, HANG.format(pid_file=str(pid_file)), timeout=120)
+                     tmp_path, HANG.format(pid_file=str(pid_file)), timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report, md = report_of(out)
     [step] = report["steps"]
     assert step["name"] == "grads" and step["status"] == "timeout" and step["result"] is None
-    assert step["budget_s"] == pytest.approx(6.0) and 6.0 <= step["seconds"] < 60
-    assert step["reason"] == "over its budget of 6 s: killed"
-    assert "| fused vs reference gradients | timeout: over its budget of 6 s: killed |" in md
-    child = int(pid_file.read_text())
-    assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split(")")[1].split()[0] == "Z"
+    assert step["budget_s"] == pytest.approx(12.0) and 12.0 <= step["seconds"] < 100
+    assert step["reason"] == "over its budget of 12 s: killed"
+    assert "| fused vs reference gradients | timeout: over its budget of 12 s: killed |" in md
+    assert killed(int(pid_file.read_text()))
+
+
+def killed(pid):
+    """Whether process ``pid`` is gone or a zombie (killed, not yet reaped by init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 # In the steps' processes, the C++ kernels' wrappers: the gate's gradient doubled (what a wrong backward kernel

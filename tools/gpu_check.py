@@ -85,7 +85,7 @@ AMP_DTYPE = {"cuda": torch.float16, "cpu": torch.bfloat16}
 class Step:
     """One step: ``command(check)`` is its argv, ``read(check, log)`` its results (a dict) from the files
     it wrote (``outputs``, under --out) and its log; ``budget_s`` its time budget on the GPU,
-    ``quick_budget_s`` with --quick; ``env(check)`` what it adds to the environment; ``needs`` the paths
+    ``quick_budget_s`` with --quick (generous: the CPU runs of the tests share their machine); ``env(check)`` what it adds to the environment; ``needs`` the paths
     of the repository (relative to it) without which it is not run; ``unchecked(check)`` why this machine
     has nothing for it to check (None: it runs)."""
 
@@ -414,17 +414,17 @@ def own_step(name, title, budget_s, quick_budget_s, unchecked=None):
 
 
 STEPS = [
-    Step("op_tests", "op tests", 60, 60, op_tests_command, op_tests_read, ["op_tests.xml"], op_tests_env,
+    Step("op_tests", "op tests", 60, 120, op_tests_command, op_tests_read, ["op_tests.xml"], op_tests_env,
          needs=["tests/test_excite_op.py", "tests/test_excite_triton.py"]),
-    Step("excite", "excite benchmark", 150, 60, excite_command, excite_read, ["excite.json"],
+    Step("excite", "excite benchmark", 150, 120, excite_command, excite_read, ["excite.json"],
          needs=["tools/benchmark_excite.py"]),
-    Step("model", "model benchmark", 60, 90, model_command, model_read, ["model.json"],
+    Step("model", "model benchmark", 60, 120, model_command, model_read, ["model.json"],
          needs=["tools/benchmark_model.py"]),
     # the demo's 200 iterations, with the generation of its 700 images on a fresh machine and the evaluation
-    Step("train", "demo training", 90, 90, train_command, train_read, ["train"], train_env,
+    Step("train", "demo training", 90, 120, train_command, train_read, ["train"], train_env,
          needs=["tools/train_net.py", os.path.relpath(DEMO_CONFIG, REPO)]),
-    own_step("grads", "fused vs reference gradients", 45, 60),
-    own_step("compile", "torch.compile, four sizes", 90, 60),
+    own_step("grads", "fused vs reference gradients", 45, 120),
+    own_step("compile", "torch.compile, four sizes", 90, 120),
     own_step("devices", "cuda:1 with cuda:0 current", 15, 30, devices_unchecked),
     own_step("cuda_graphs", "CUDA graph capture", 15, 30,
              lambda check: "CUDA graphs need a GPU" if check.device != "cuda" else None),
