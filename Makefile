@@ -46,7 +46,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
-# On a CUDA machine: the GPU check in at most 8 minutes, report in output/gpu_check/ (docs/benchmarks.md, GPU).
+# On a CUDA machine: the GPU check in at most 9 minutes, report in output/gpu_check/ (docs/benchmarks.md, GPU).
 gpu-check: install
 	$(PY) tools/gpu_check.py
 

@@ -12,6 +12,12 @@ import time
 import torch
 from detectron2.layers import FrozenBatchNorm2d
 
+# A narrow R50 (1/16 of the widths) with a narrow FPN and box head: the benchmarks' and the GPU check's tiny setting
+# (config overrides).
+NARROW_R50 = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.WIDTH_PER_GROUP", "16",
+              "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "32",
+              "MODEL.ROI_BOX_HEAD.FC_DIM", "64"]
+
 
 def rotations(names, rounds):
     """``rounds`` orders of ``names``, each starting one later than the one before."""

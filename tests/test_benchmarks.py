@@ -7,8 +7,7 @@ from collections import Counter
 
 import pytest
 
-from ge_detectron.benchmark import Timer, rotations
-from ge_detectron.gpu_check import NARROW_R50
+from ge_detectron.benchmark import NARROW_R50, Timer, rotations
 from ge_detectron.layers import GatherExcite
 from ge_detectron.modeling import GEBottleneckBlock
 
