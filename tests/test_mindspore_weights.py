@@ -25,7 +25,7 @@ from ge_detectron.checkpoint import load_weights
 from ge_detectron.config import get_ge_cfg
 from ge_detectron.layers.same_padding import same_padding
 from ge_detectron.pretrain import get_pretrain_cfg
-from ge_detectron.pretrain.cli import run_convert_weights
+from ge_detectron.cli.convert_weights import run_convert_weights
 from ge_detectron.pretrain.mindspore import (MindSporeCheckpointError, convert_genet_checkpoint,
                                              genet_checkpoint_to_pkl, read_mindspore_checkpoint)
 

@@ -6,9 +6,9 @@
     python tools/convert_weights.py IN.pth OUT.pkl --check configs/faster_rcnn_ge_r50_pretrained.yaml
     python tools/convert_weights.py genetres50_plus_...top5acc94.14.ckpt output/weights/mindspore_r50_theta_plus.pkl
 
-``--help`` describes the inputs and the output. The flow lives in ge_detectron.pretrain.cli.
+``--help`` describes the inputs and the output. The flow lives in ge_detectron.cli.convert_weights.
 """
-from ge_detectron.pretrain.cli import run_convert_weights
+from ge_detectron.cli.convert_weights import run_convert_weights
 
 if __name__ == "__main__":
     run_convert_weights()

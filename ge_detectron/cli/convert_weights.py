@@ -8,9 +8,9 @@ import sys
 from fvcore.common.checkpoint import get_missing_parameters_message, get_unexpected_parameters_message
 
 from ..config import GEConfigError, get_ge_cfg
-from .convert import (TORCHVISION_CONVENTIONS, detect_format, load_into_detector, load_state_dict,
+from ..pretrain.convert import (TORCHVISION_CONVENTIONS, detect_format, load_into_detector, load_state_dict,
                       to_backbone_checkpoint)
-from .mindspore import genet_checkpoint_to_pkl
+from ..pretrain.mindspore import genet_checkpoint_to_pkl
 
 USAGE = """Convert backbone weights for the GE detectors (docs/pretraining.md, "Weight hand-off").
 
