@@ -301,14 +301,18 @@ def test_error_on_shape_mismatch():
         OPS.excite_residual(x, g, shortcut[..., 1:])
 
 
-def test_error_on_dtype_mismatch():
-    x, g, shortcut, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
-    with pytest.raises(RuntimeError, match=r"g must have x's dtype \(torch.float32\), but got torch.float16"):
-        OPS.excite(x, g.half())
+def test_error_on_a_dtype_that_is_not_floating_point():
+    x, g, shortcut, grad = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
     with pytest.raises(RuntimeError, match=r"x must be float32, float64, float16 or bfloat16, but got torch.int32"):
         OPS.excite(x.int(), g)
-    with pytest.raises(RuntimeError, match=r"shortcut must have x's dtype \(torch.float32\), but got torch.float64"):
-        OPS.excite_residual(x, g, shortcut.double())
+    with pytest.raises(RuntimeError, match=r"g must be float32, float64, float16 or bfloat16, but got torch.int64"):
+        OPS.excite(x, g.long())
+    with pytest.raises(RuntimeError, match=r"shortcut must be float32, float64, float16 or bfloat16, but got "
+                                           r"torch.int32"):
+        OPS.excite_residual(x, g, shortcut.int())
+    with pytest.raises(RuntimeError, match=r"grad_out must be float32, float64, float16 or bfloat16, but got "
+                                           r"torch.bool"):
+        OPS.excite_backward(grad > 0, x, g)
 
 
 def test_error_on_device_mismatch():
