@@ -18,6 +18,7 @@ import logging
 import time
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from . import excite_op, excite_torch
 from .excite_inputs import memory_format
@@ -135,7 +136,8 @@ def _verified(device, dtype, channels_last, strict):
     key = (device, dtype, channels_last)
     result = _RESULTS.get(key)
     if result is None:
-        result = _RESULTS[key] = self_check(device, dtype, channels_last)
+        with _disable_current_modes():  # real tensors, also while torch.export's fake / proxy modes trace a model
+            result = _RESULTS[key] = self_check(device, dtype, channels_last)
         if result.ok:
             logger.info("Gather-Excite %s", result.describe())
         elif not strict:
@@ -150,5 +152,6 @@ def _verified(device, dtype, channels_last, strict):
 def kernels_verified(x, strict=False):
     """Whether the fused operator's kernels passed ``self_check`` for tensors like `x` (run on the first
     call per device, dtype and memory format). ``strict`` (fused="on"): raise a RuntimeError instead of
-    returning False. torch.compile evaluates it while tracing and keeps the answer as a constant."""
+    returning False. torch.compile and torch.export evaluate it while tracing and keep the answer as a
+    constant."""
     return _verified(str(x.device), x.dtype, memory_format(x) == torch.channels_last, strict)
