@@ -48,8 +48,8 @@ def test_benchmark_excite_tiny(tmp_path):
 @pytest.mark.slow
 def test_benchmark_model_tiny(tmp_path):
     """Each model (R50, GE-θ⁻ and GE-θ, reference and fused) one training step and one inference on one
-    image of the CPU default size (smaller ones leave too few
-    pixels to calibrate the frozen norms on, and the RPN diverges)."""
+    image of the CPU default size (at 64x64 and 128x192 the frozen norms' calibration sees too few pixels and
+    the RPN diverges)."""
     path = tmp_path / "model.json"
     result = run_tool("benchmark_model.py", "--device", "cpu", "--image", "224x320", "--batch", "1", "--iters", "1",
                       "--warmup", "0", "--breakdown-iters", "0", "--json", str(path))
