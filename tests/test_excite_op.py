@@ -6,6 +6,7 @@ test_extension_is_built fails if GE_REQUIRE_EXTENSION=1 (CI) and the extension i
 the C++ kernels' own properties skip without it.
 """
 import collections
+import copy
 import logging
 import os
 import re
@@ -19,7 +20,13 @@ import torch.nn.functional as F
 from ge_detectron import ops
 from ge_detectron.layers import GatherExcite, excite_reference, excite_residual_reference, uses_fused_op
 from ge_detectron.layers import gather_excite
-from ge_detectron.ops import excite_op
+from ge_detectron.ops import excite_inputs, excite_op
+from ge_detectron.ops import excite_self_check as self_check_module
+
+try:
+    from ge_detectron.ops import excite_cpp
+except ImportError:  # the extension is not built: the tests that need it skip
+    excite_cpp = None
 
 needs_extension = pytest.mark.skipif(ops.native_kernels("cpu") is None, reason=ops.unavailable_reason("cpu"))
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
@@ -301,14 +308,18 @@ def test_error_on_shape_mismatch():
         OPS.excite_residual(x, g, shortcut[..., 1:])
 
 
-def test_error_on_dtype_mismatch():
-    x, g, shortcut, _ = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
-    with pytest.raises(RuntimeError, match=r"g must have x's dtype \(torch.float32\), but got torch.float16"):
-        OPS.excite(x, g.half())
+def test_error_on_a_dtype_that_is_not_floating_point():
+    x, g, shortcut, grad = make_inputs("cpu", torch.float32, torch.float32, 13, 17, 4)
     with pytest.raises(RuntimeError, match=r"x must be float32, float64, float16 or bfloat16, but got torch.int32"):
         OPS.excite(x.int(), g)
-    with pytest.raises(RuntimeError, match=r"shortcut must have x's dtype \(torch.float32\), but got torch.float64"):
-        OPS.excite_residual(x, g, shortcut.double())
+    with pytest.raises(RuntimeError, match=r"g must be float32, float64, float16 or bfloat16, but got torch.int64"):
+        OPS.excite(x, g.long())
+    with pytest.raises(RuntimeError, match=r"shortcut must be float32, float64, float16 or bfloat16, but got "
+                                           r"torch.int32"):
+        OPS.excite_residual(x, g, shortcut.int())
+    with pytest.raises(RuntimeError, match=r"grad_out must be float32, float64, float16 or bfloat16, but got "
+                                           r"torch.bool"):
+        OPS.excite_backward(grad > 0, x, g)
 
 
 def test_error_on_device_mismatch():
@@ -386,3 +397,232 @@ def test_fused_on_without_kernels_is_an_error(monkeypatch):
                                            rf"kernels here: {re.escape(why)}.*Or use fused='auto' or 'off'"):
         GatherExcite(8, variant="theta_minus", extent=4, fused="on")
     assert not uses_fused_op(GatherExcite(8, variant="theta_minus", extent=4, fused="auto").fused, "cpu")  # the reference
+
+
+def _tolerance(table, *dtypes):
+    """The loosest of `table`'s tolerances over `dtypes` (float64 counts as float32)."""
+    tols = [table[torch.float32 if d == torch.float64 else d] for d in dtypes]
+    return dict(rtol=max(t["rtol"] for t in tols), atol=max(t["atol"] for t in tols))
+
+
+# (x, g, shortcut) dtypes the reference accepts beyond one dtype throughout: autocast's (a float32 map, GN
+# under CUDA autocast, with a float16 / bfloat16 gate from an MLP conv), and the rest of the promotions.
+MIXED_DTYPES = [(torch.float32, torch.float16, torch.float32), (torch.float32, torch.bfloat16, torch.bfloat16),
+                (torch.bfloat16, torch.float32, torch.float32), (torch.float16, torch.bfloat16, torch.float16),
+                (torch.float32, torch.float64, torch.float16), (torch.float64, torch.float32, torch.float32),
+                (torch.bfloat16, torch.bfloat16, torch.float16)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtypes", MIXED_DTYPES, ids=lambda d: "-".join(str(t)[6:] for t in d))
+def test_mixed_dtypes_follow_the_reference(device, layout, dtypes):
+    """Every dtype combination the reference takes: its output dtype (x's, promoted with the shortcut's),
+    its values, and gradients in each input's dtype against the float64 reference's."""
+    x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, 13, 17, 4, layout, C=6)
+    x, g, shortcut = (t.to(d) for t, d in zip((x, g, shortcut), dtypes))
+    for residual in (False, True):
+        inputs = (x, g, shortcut) if residual else (x, g)
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        out = (OPS.excite_residual if residual else OPS.excite)(*leaves)
+        want = reference(residual, *inputs, *([] if residual else [None]))
+        assert out.dtype == want.dtype and out.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(out, want, **_tolerance(FORWARD_TOL, *dtypes))
+        out.backward(grad.to(out.dtype))
+        leaves64 = [t.detach().double().requires_grad_() for t in inputs]
+        reference(residual, *leaves64, *([] if residual else [None])).backward(grad.to(out.dtype).double())
+        for leaf, leaf64 in zip(leaves, leaves64):
+            assert leaf.grad.dtype == leaf.dtype
+            torch.testing.assert_close(leaf.grad, leaf64.grad.to(leaf.dtype), **_tolerance(BACKWARD_TOL, *dtypes))
+
+
+# The GE module matrix: norms x variants x extents (SE is global only).
+GE_MATRIX = [(v, e) for v in ("theta_minus", "theta", "theta_plus") for e in (8, 0)] + [("se", 0)]
+
+
+@needs_extension
+@pytest.mark.parametrize("norm", ["BN", "GN", "FrozenBN"])
+@pytest.mark.parametrize("variant, extent", GE_MATRIX)
+def test_module_under_bfloat16_autocast_matches_reference(norm, variant, extent):
+    """Under CPU bfloat16 autocast the fused module gives the reference's dtypes and values (as close to the
+    module in float64 as the reference under autocast is), forward and backward (input, shortcut and every
+    parameter), for a float32 map (what GN leaves under CUDA autocast; the gate of θ⁺ / SE is then
+    bfloat16) and a bfloat16 one."""
+    torch.manual_seed(0)
+    fused = GatherExcite(32, variant=variant, extent=extent, norm=norm, global_kernel=16, fused="on")
+    modules = {"on": fused, "off": copy.deepcopy(fused), "float64": copy.deepcopy(fused).double()}
+    modules["off"].fused = modules["float64"].fused = "off"
+    for module in modules.values():
+        # eval: BN normalises with its running statistics. In training it normalises over the few gate cells
+        # of one batch (2 per channel for a global gate), which amplifies bfloat16 rounding beyond any
+        # tolerance that would still catch a wrong gradient.
+        module.eval()
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        x, shortcut, grad = ((torch.randn(2, 32, 16, 16, generator=gen) * 2).to(dtype) for _ in range(3))
+        # Kept away from the ReLU's kink, where a bfloat16 gate and a float64 one may put a pre-activation on
+        # either side (the mask itself: test_mixed_dtypes_follow_the_reference).
+        shortcut = shortcut.abs() + 10
+        results = {}
+        for name, module in modules.items():
+            module.zero_grad()
+            cast = torch.float64 if name == "float64" else dtype
+            leaves = [t.detach().to(cast).requires_grad_() for t in (x, shortcut)]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name != "float64"):
+                outs = [module(leaves[0]), module(*leaves)]
+            sum((o.double() * grad.double()).sum() for o in outs).backward()
+            results[name] = [*outs, *(t.grad for t in leaves), *(p.grad for p in module.parameters())]
+        for i, (on, off, exact) in enumerate(zip(results["on"], results["off"], results["float64"])):
+            assert on.dtype == off.dtype, (dtype, i)
+            # The gathers run in bfloat16 under autocast, whose rounding (through the depthwise convs and
+            # the norms) dominates: the fused result must be as close to float64 as the reference's is.
+            scale = max(float(exact.abs().max()), 1.0)
+            error_on, error_off = (float((t.double() - exact).abs().max()) for t in (on, off))
+            assert error_on <= 2 * error_off + 1e-2 * scale, (dtype, i, error_on, error_off, scale)
+
+
+def offset_copy(t):
+    """t's values in a tensor of t's layout whose data starts one element past an allocation's (4 bytes
+    in float32: not 16-byte aligned)."""
+    N, C, H, W = t.shape
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    if t.is_contiguous():
+        view = flat[1:].view(N, C, H, W)
+    else:
+        view = flat[1:].view(N, H, W, C).permute(0, 3, 1, 2)
+    view.copy_(t)
+    assert view.storage_offset() == 1 and view.stride() == t.stride()
+    return view
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_offset_views_match_reference(device, layout, compiled):
+    """Inputs one element past an aligned allocation (x, g, shortcut, the gradient): the reference's values
+    and gradients, eagerly and through torch.compile."""
+    torch._dynamo.reset()
+    x, g, shortcut, grad = make_inputs(device, torch.float32, torch.float32, 16, 32, 8, layout, C=8)
+    x, g, shortcut, grad = (offset_copy(t) for t in (x, g, shortcut, grad))
+
+    def fn(x, g, shortcut):
+        return ops.excite_residual(x, g, shortcut) + ops.excite(x, g)
+
+    f = torch.compile(fn, fullgraph=True, backend="aot_eager") if compiled else fn
+    leaves = [t.detach().requires_grad_() for t in (x, g, shortcut)]
+    out = f(*leaves)
+    out.backward(grad)
+    leaves64 = [t.detach().double().requires_grad_() for t in (x, g, shortcut)]
+    want = excite_residual_reference(*leaves64) + excite_reference(*leaves64[:2])
+    want.backward(grad.double())
+    torch.testing.assert_close(out, want.float(), **FORWARD_TOL[torch.float32])
+    for leaf, leaf64 in zip(leaves, leaves64):
+        torch.testing.assert_close(leaf.grad, leaf64.grad.float(), **BACKWARD_TOL[torch.float32])
+
+
+def test_one_input_validation_per_forward(monkeypatch):
+    """A GatherExcite forward checks each input property once: x in the module (before the gather), the
+    shortcut's shape and device once, by the fused operator or before the reference."""
+    calls = collections.Counter()
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(GatherExcite, "check_inputs", counting("module", GatherExcite.check_inputs))
+    monkeypatch.setattr(ops, "check_like_x", counting("shortcut", ops.check_like_x))
+    monkeypatch.setattr(excite_inputs, "check_like_x", counting("shortcut", excite_inputs.check_like_x))
+    x = torch.randn(2, 8, 12, 12)
+    for fused in ("off", "on"):
+        calls.clear()
+        GatherExcite(8, variant="theta_minus", extent=4, fused=fused)(x, x)
+        assert calls == {"module": 1, "shortcut": 1}, fused
+
+
+@pytest.fixture
+def fresh_self_check(monkeypatch):
+    """No self-check result cached: the next fused call runs it."""
+    monkeypatch.setattr(self_check_module, "_RESULTS", {})
+    monkeypatch.setattr(detectron2.utils.logger, "_LOG_COUNTER", collections.Counter())
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_self_check_of_the_cpu_kernels_passes(dtype, channels_last):
+    result = ops.self_check("cpu", dtype, channels_last=channels_last)
+    assert result.ok and result.failures == () and result.cases == 4 and result.ms > 0
+    assert (result.device, result.dtype, result.channels_last, result.kernels) == ("cpu", dtype, channels_last,
+                                                                                  "excite_cpp")
+    assert f"excite_cpp on cpu, {dtype}" in result.describe() and "4 cases passed" in result.describe()
+
+
+def _wrong_grad_g(backward):
+    def wrong(*args):
+        grad_x, grad_g, grad_shortcut = backward(*args)
+        return grad_x, grad_g * 1.5, grad_shortcut
+    return wrong
+
+
+def _raising(*args):
+    raise RuntimeError("deliberately broken")
+
+
+BROKEN = {"wrong": ("backward", _wrong_grad_g, r"backward \(gate of 3 x 3 cells\): grad_g differs from the "
+                                                r"reference by up to"),
+          "raises": ("forward", lambda fn: _raising, r"forward/backward \(global gate\) raised RuntimeError: "
+                                                     r"deliberately broken")}
+
+
+@needs_extension
+@pytest.mark.parametrize("broken", BROKEN)
+def test_self_check_names_a_broken_kernel(monkeypatch, broken):
+    name, breaker, message = BROKEN[broken]
+    monkeypatch.setattr(excite_cpp, name, breaker(getattr(excite_cpp, name)))
+    result = ops.self_check("cpu")
+    assert not result.ok and re.search(message, result.describe())
+    assert len(result.failures) == 4  # each case, plain and residual
+
+
+@needs_extension
+@pytest.mark.parametrize("broken", [None, *BROKEN])
+def test_fused_auto_falls_back_to_the_reference_after_one_warning(monkeypatch, fresh_self_check, caplog, broken):
+    if broken:
+        name, breaker, _ = BROKEN[broken]
+        monkeypatch.setattr(excite_cpp, name, breaker(getattr(excite_cpp, name)))
+    torch.manual_seed(0)
+    modules = {fused: GatherExcite(8, variant="theta", extent=4, fused=fused) for fused in ("auto", "off")}
+    modules["off"].load_state_dict(modules["auto"].state_dict())
+    x, _, shortcut, grad = make_inputs("cpu", torch.float32, torch.float32, 12, 12, 4, C=8)
+    results = {}
+    with caplog.at_level(logging.INFO, logger=self_check_module.__name__):
+        for fused, module in modules.items():
+            for _ in range(2):
+                leaves = [t.detach().requires_grad_() for t in (x, shortcut)]
+                out = module(*leaves)
+                out.backward(grad)
+            results[fused] = [out, *(t.grad for t in leaves)]
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if "self-check" in r.getMessage()]
+    assert len(lines) == 1  # one check per (device, dtype, memory format), its cost or its failure logged once
+    level, line = lines[0]
+    if broken is None:
+        assert level == logging.INFO and re.search(r"4 cases passed in [0-9.]+ ms", line)
+        for auto, off in zip(results["auto"], results["off"]):
+            torch.testing.assert_close(auto, off)
+        return
+    assert level == logging.WARNING and re.search(BROKEN[broken][2], line) and "uses the pure-PyTorch reference" in line
+    for auto, off in zip(results["auto"], results["off"]):
+        assert torch.equal(auto, off)  # the reference ran
+
+
+@needs_extension
+@pytest.mark.parametrize("broken", BROKEN)
+def test_fused_on_raises_the_self_check_failure(monkeypatch, fresh_self_check, broken):
+    name, breaker, message = BROKEN[broken]
+    monkeypatch.setattr(excite_cpp, name, breaker(getattr(excite_cpp, name)))
+    module = GatherExcite(8, variant="theta", extent=4, fused="on")
+    for _ in range(2):  # every call, not only the first
+        with pytest.raises(RuntimeError, match=message + r".*fused='on' \(MODEL.GE.FUSED on\) requires the kernels"):
+            module(torch.randn(2, 8, 12, 12))

@@ -7,16 +7,22 @@ is skipped. GE_REQUIRE_TRITON=1 (CI) turns a missing triton into a failure. The 
 interpreter runs each program in numpy. Every kernel is met (forward; backward span, band and cell kernels
 and the cell sums), with their aligned and unaligned, full and partial paths.
 """
+import logging
 import os
+import re
 
 import pytest
 import torch
 
-from ge_detectron.layers import excite_reference, excite_residual_reference
+from ge_detectron import ops
+from ge_detectron.layers import GatherExcite, excite_reference, excite_residual_reference
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 try:
-    from ge_detectron.ops import excite_triton
+    import triton
+    import triton.language as tl  # noqa: F401  (Triton requires it visible to the @triton.jit function below)
+
+    from ge_detectron.ops import excite_op, excite_self_check, excite_triton
 except ImportError as e:
     if os.environ.get("GE_REQUIRE_TRITON") == "1":
         raise ImportError(f"GE_REQUIRE_TRITON=1 but the Triton kernels cannot be imported: {e}") from e
@@ -148,15 +154,15 @@ def test_triton_bad_inputs_raise():
         (lambda: forward(x, g[:, 1:]), r"g must have shape \(N, C, h, w\).*\[2, 3, 13, 17\].*\[2, 2, 4, 5\]"),
         (lambda: forward(x, g[1:]), r"g must have shape \(N, C, h, w\).*but got g of shape \[1, 3, 4, 5\]"),
         (lambda: forward(x, torch.zeros(2, 3, 14, 5, device=DEVICE)), r"1 <= h <= H.*\[2, 3, 14, 5\]"),
-        (lambda: forward(x, g.half()), r"g must have x's dtype \(torch.float32\), but got torch.float16"),
+        (lambda: forward(x, g.int()), r"g must be float32, float64, float16 or bfloat16, but got torch.int32"),
         (lambda: forward(x.int(), g), r"x must be float32, float64, float16 or bfloat16, but got torch.int32"),
         (lambda: forward(x.double(), g.double()), r"the Triton kernels take float32, float16 or bfloat16 tensors"),
         (lambda: forward(x, g.to("meta")), rf"x and g must be on the same device, but x is on {DEVICE}"),
         (lambda: forward(x, g, shortcut[..., 1:]), r"shortcut must have x's shape \[2, 3, 13, 17\]"),
-        (lambda: forward(x, g, shortcut.double()), r"shortcut must have x's dtype \(torch.float32\)"),
+        (lambda: forward(x, g, shortcut.double()), r"the Triton kernels take float32, float16 or bfloat16"),
         (lambda: forward(x, g, shortcut.to("meta")), r"shortcut must be on x's device"),
         (lambda: backward(grad[:1], x, g), r"grad_out must have x's shape"),
-        (lambda: backward(grad, x, g, shortcut.half()), r"out must have x's dtype"),
+        (lambda: backward(grad, x, g, shortcut.long()), r"out must be float32, float64, float16 or bfloat16"),
     ]
     for call, message in cases:
         with pytest.raises(RuntimeError, match=message):
@@ -173,3 +179,182 @@ def test_triton_index_range_is_checked():
         check(torch.empty(2, 1, 2**15, 2**15, device="meta"), torch.empty(2, 1, 1, 1, device="meta"))
     with pytest.raises(RuntimeError, match=r"N \* C = 2147483648 is too large"):
         check(torch.empty(2**16, 2**15, 1, 1, device="meta"), torch.empty(2**16, 2**15, 1, 1, device="meta"))
+
+
+@pytest.fixture
+def triton_on_cpu(monkeypatch):
+    """torch.ops.ge_detectron runs the Triton kernels on CPU tensors (interpreted), with no self-check result
+    cached; on a GPU nothing is rerouted."""
+    if INTERPRET:
+        monkeypatch.setattr(excite_op, "excite_cpp", excite_triton)
+    monkeypatch.setattr(excite_self_check, "_RESULTS", {})
+
+
+# (x, g, shortcut) dtypes beyond one dtype throughout: autocast's (a float32 map with a float16 / bfloat16
+# gate) and the other promotions the reference makes.
+MIXED_DTYPES = [(torch.float32, torch.float16, torch.float32), (torch.float32, torch.bfloat16, torch.bfloat16),
+                (torch.bfloat16, torch.float32, torch.float32), (torch.float16, torch.bfloat16, torch.float16),
+                (torch.bfloat16, torch.bfloat16, torch.float16)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtypes", MIXED_DTYPES, ids=lambda d: "-".join(str(t)[6:] for t in d))
+def test_triton_mixed_dtypes_follow_the_reference(triton_on_cpu, layout, dtypes):
+    """The operators on the Triton kernels: the reference's output dtype (x's promoted with the shortcut's)
+    and values, each input's gradient in its dtype against the float64 reference's."""
+    x, g, shortcut, grad = make_inputs(torch.float32, torch.float32, 16, 32, 8, 8, layout)
+    x, g, shortcut = (t.to(d) for t, d in zip((x, g, shortcut), dtypes))
+    loosest = max(dtypes, key=lambda d: BACKWARD_TOL[d]["rtol"])
+    for residual in (False, True):
+        inputs = (x, g, shortcut) if residual else (x, g)
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        out = (torch.ops.ge_detectron.excite_residual if residual else torch.ops.ge_detectron.excite)(*leaves)
+        want = excite_residual_reference(*inputs) if residual else excite_reference(*inputs)
+        assert out.dtype == want.dtype and out.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(out, want, **FORWARD_TOL[loosest])
+        out.backward(grad.to(out.dtype))
+        leaves64 = [t.detach().double().requires_grad_() for t in inputs]
+        (excite_residual_reference(*leaves64) if residual else excite_reference(*leaves64)).backward(
+            grad.to(out.dtype).double())
+        for leaf, leaf64 in zip(leaves, leaves64):
+            assert leaf.grad.dtype == leaf.dtype
+            torch.testing.assert_close(leaf.grad, leaf64.grad.to(leaf.dtype), **BACKWARD_TOL[loosest])
+
+
+def record_launches(monkeypatch):
+    """[(kernel name, its arguments by name)] of every launch, each still run."""
+    launches = []
+    real = excite_triton.wrap_triton
+
+    def wrap(kernel):
+        launcher = real(kernel)
+
+        class Recorder:
+            def __getitem__(self, grid):
+                def call(*args, **kwargs):
+                    launches.append((kernel.fn.__name__, dict(zip(kernel.arg_names, args))))
+                    return launcher[grid](*args, **kwargs)
+                return call
+        return Recorder()
+
+    monkeypatch.setattr(excite_triton, "wrap_triton", wrap)
+    return launches
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_offset_views_are_not_copied_and_take_the_unaligned_path(monkeypatch, layout, dtype):
+    """Tensors one element past an aligned allocation (not 16-byte aligned): the kernels read them in place,
+    the backward with its aligned flag off, and give the reference's results; aligned copies of the same
+    values set the flag (the sizes allow vectors: W = 32, C = 8)."""
+    x, g, shortcut, grad = make_inputs(dtype, dtype, 16, 32, 8, 8, layout)
+    offset = [offset_copy(t) for t in (x, g, shortcut, grad)]
+    for (x, g, shortcut, grad), aligned in ((offset, 0), ((x, g, shortcut, grad), 1)):
+        launches = record_launches(monkeypatch)
+        check_against_reference(x, g, shortcut, grad, True, f"aligned={aligned}")
+        forward, backward = launches[0][1], launches[-1][1]
+        assert forward["x_ptr"].data_ptr() == x.data_ptr() and forward["shortcut_ptr"].data_ptr() == shortcut.data_ptr()
+        assert backward["x_ptr"].data_ptr() == x.data_ptr() and backward["grad_out_ptr"].data_ptr() == grad.data_ptr()
+        assert forward["g_ptr"].data_ptr() == g.data_ptr()
+        assert backward["aligned"] == aligned
+
+
+def offset_copy(t):
+    """t's values in a tensor of t's layout whose data starts one element past an allocation's."""
+    N, C, H, W = t.shape
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    view = flat[1:].view(N, C, H, W) if t.is_contiguous() else flat[1:].view(N, H, W, C).permute(0, 3, 1, 2)
+    view.copy_(t)
+    assert view.storage_offset() == 1 and view.stride() == t.stride() and view.data_ptr() % 16
+    return view
+
+
+def test_triton_launches_run_under_the_tensors_device_guard(monkeypatch):
+    """Every launch happens inside the device guard of x's device (so on x's device and its current
+    stream, whichever device is current); a CUDA tensor's guard is torch.cuda.device of its device."""
+    entered = []
+
+    class Guard:
+        def __init__(self, t):
+            self.device = t.device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.pop()
+
+    device_of = excite_triton._device_of
+    monkeypatch.setattr(excite_triton, "_device_of", Guard)
+    guarded = []
+    real = excite_triton.wrap_triton
+
+    def wrap(kernel):
+        guarded.append(list(entered))
+        return real(kernel)
+
+    monkeypatch.setattr(excite_triton, "wrap_triton", wrap)
+    for layout in LAYOUTS:
+        x, g, shortcut, grad = make_inputs(torch.float32, torch.float32, 48, 40, 0, 4, layout)
+        out = excite_triton.excite_forward(x, g, shortcut)
+        excite_triton.excite_backward(grad, x, g, out)
+    assert len(guarded) >= 5 and all(devices == [x.device] for devices in guarded), guarded
+    cuda_1 = device_of(type("T", (), {"device": torch.device("cuda", 1)})())
+    assert isinstance(cuda_1, torch.cuda.device) and cuda_1.idx == 1  # constructed only: no GPU needed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_self_check_of_the_triton_kernels_passes(triton_on_cpu, monkeypatch, dtype, channels_last):
+    launches = record_launches(monkeypatch)
+    result = ops.self_check(DEVICE, dtype, channels_last=channels_last)
+    assert result.ok and result.kernels == "excite_triton" and result.cases == 4, result.describe()
+    kernels = {name for name, _ in launches}  # every kernel of the layout
+    assert kernels == ({"excite_forward_kernel", "excite_backward_cell_kernel", "excite_backward_cell_sum_kernel"}
+                       if channels_last else
+                       {"excite_forward_kernel", "excite_backward_band_kernel", "excite_backward_span_kernel"})
+
+
+@triton.jit
+def _wrong_grad_g(sums, gate):
+    return sums * gate  # the sigmoid's derivative forgotten
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("deliberately broken")
+
+
+BROKEN = {  # what to replace, with what, and the failure it must be named by
+    "wrong": (excite_triton.kernels, "_grad_g", _wrong_grad_g, r"backward \(gate of 3 x 3 cells\): grad_g differs"),
+    "raises": (excite_triton, "_backward_channels_last", _raise,
+               r"forward/backward \(global gate\) raised RuntimeError: deliberately broken"),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN)
+@pytest.mark.parametrize("fused", ["auto", "on"])
+def test_self_check_catches_a_broken_triton_kernel(triton_on_cpu, monkeypatch, caplog, broken, fused):
+    """A wrong or a raising kernel: fused="auto" logs one warning naming it and runs the reference from then
+    on (the reference's results, bitwise); fused="on" raises it."""
+    where, name, replacement, message = BROKEN[broken]
+    monkeypatch.setattr(where, name, replacement)
+    torch.manual_seed(0)
+    module = GatherExcite(8, variant="theta", extent=4, fused=fused).to(DEVICE)
+    reference = GatherExcite(8, variant="theta", extent=4, fused="off").to(DEVICE)
+    reference.load_state_dict(module.state_dict())
+    x, _, shortcut, grad = make_inputs(torch.float32, torch.float32, 12, 12, 4, 8, torch.channels_last)
+    if fused == "on":
+        with pytest.raises(RuntimeError, match=message + r".*fused='on'"):
+            module(x, shortcut)
+        return
+    with caplog.at_level(logging.WARNING, logger=excite_self_check.__name__):
+        results = []
+        for m in (module, module, reference):
+            leaves = [t.detach().requires_grad_() for t in (x, shortcut)]
+            out = m(*leaves)
+            out.backward(grad)
+            results.append([out, *(t.grad for t in leaves)])
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert re.search(message, warning) and "uses the pure-PyTorch reference" in warning
+    for got, want in zip(results[1], results[2]):
+        assert torch.equal(got, want)

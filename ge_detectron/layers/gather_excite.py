@@ -174,32 +174,35 @@ class GatherExcite(nn.Module):
 
     def check_inputs(self, x, shortcut=None):
         """Raise ValueError, naming what is wrong, unless x is a floating-point (N, C, H, W) tensor of this
-        module's C channels and ``shortcut`` (if given) has x's shape, dtype and device. Under
+        module's C channels and ``shortcut`` (if given) has x's dtype (the reference would promote it
+        silently). These are the checks the gather needs first, and this module's own; the shortcut's shape
+        and device are checked once, by the fused operator or before the reference (``forward``). Under
         ``torch.jit.trace`` the sizes are traced values: comparing them would only warn and freeze the
-        traced example's sizes into the graph, so the size checks are left to the eager run and the ops."""
+        traced example's sizes into the graph, so the size checks are left to the eager run."""
         if x.dim() != 4:
             raise ValueError(f"GatherExcite expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}.")
-        sizes = not torch.jit.is_tracing()
-        if sizes and x.shape[1] != self.channels:
+        if not torch.jit.is_tracing() and x.shape[1] != self.channels:
             raise ValueError(f"GatherExcite was built for {self.channels} channels, got x of shape {tuple(x.shape)}.")
         if not x.is_floating_point():
             raise ValueError(f"GatherExcite expects a floating-point x, got {x.dtype}.")
-        if shortcut is None:
-            return
-        checks = [("dtype", shortcut.dtype, x.dtype), ("device", shortcut.device, x.device)]
-        if sizes:
-            checks.insert(0, ("shape", tuple(shortcut.shape), tuple(x.shape)))
-        for what, got, want in checks:
-            if got != want:
-                raise ValueError(f"GatherExcite: shortcut must have x's {what} {want}, got {got}.")
+        if shortcut is not None and shortcut.dtype != x.dtype:
+            raise ValueError(f"GatherExcite: shortcut must have x's dtype {x.dtype}, got {shortcut.dtype}.")
 
     def forward(self, x, shortcut=None):
         self.check_inputs(x, shortcut)
         g = self.gather_logits(x)
-        fused = uses_fused_op(self.fused, x.device.type)
-        if shortcut is None:
-            return ops.excite(x, g) if fused else excite_reference(x, g)
-        return ops.excite_residual(x, g, shortcut) if fused else excite_residual_reference(x, g, shortcut)
+        try:
+            if uses_fused_op(self.fused, x.device.type) and ops.kernels_verified(x, strict=self.fused == "on"):
+                return ops.excite(x, g) if shortcut is None else ops.excite_residual(x, g, shortcut)
+            if shortcut is None:
+                return excite_reference(x, g)
+            ops.check_like_x("GatherExcite", "shortcut", shortcut, x, shape=not torch.jit.is_tracing())
+            return excite_residual_reference(x, g, shortcut)
+        except ops.ExciteInputError as e:
+            if e.argument != "shortcut" or e.what is None:
+                raise
+            want, got = (tuple(v) if e.what == "shape" else v for v in (e.want, e.got))
+            raise ValueError(f"GatherExcite: shortcut must have x's {e.what} {want}, got {got}.") from None
 
     def extra_repr(self):
         return f"variant={self.variant}, extent={self.extent}, fused={self.fused!r}"

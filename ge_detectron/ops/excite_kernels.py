@@ -1,11 +1,15 @@
 """Triton kernels of the excite operators; ``excite_triton`` launches them (see docs/excite_op.md).
 
-x, shortcut, out and the gradients are contiguous in one layout (NCHW or channels_last) and 16-byte
-aligned, the launcher sees to that; the small gate g and grad_g may have any strides. The sigmoid, the
+x, shortcut, out and the gradients are contiguous in one layout (NCHW or channels_last), the launcher
+sees to that, at any alignment; the small gate g and grad_g may have any strides. The sigmoid, the
 products and every sum are float32, each output is rounded once. Integer arguments are not specialised
 (``do_not_specialize``), so the compiled variants are exactly the dtype x constexpr combinations that
-``excite_triton.specializations()`` lists; the launcher passes alignment facts as runtime flags, which
-select each kernel's fast path: unmasked, with ``tl.multiple_of`` hints, so 16-byte vector accesses.
+``excite_triton.specializations()`` lists. The launcher passes alignment facts as a runtime flag, set
+only where every full-size tensor starts on a 16-byte boundary and the rows (NCHW) or pixels
+(channels_last) do too; it selects each backward kernel's fast path: unmasked, with ``tl.multiple_of``
+hints, so 16-byte vector accesses. Without it the same kernel takes its masked path, which promises
+nothing about alignment. (The forward needs no flag: its full blocks start on multiples of BLOCK, and
+Triton specialises each launch on its pointers' alignment.)
 
 Forward: one program per BLOCK elements of the flat tensor, the (n, c, y, x) of each element from
 multiply-shift divisions. Backward (grad_g by fixed-order sums, no atomics):

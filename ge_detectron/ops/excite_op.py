@@ -5,8 +5,9 @@
     excite_backward(grad_out, x, g) -> (grad_x, grad_g)
     excite_residual_backward(grad_out, out, x, g) -> (grad_x, grad_g, grad_shortcut)
 
-``up`` is F.interpolate(mode="nearest") to x's size. Each operator's Python body checks its inputs
-(``excite_inputs``) and calls the implementation for the tensors' device:
+``up`` is F.interpolate(mode="nearest") to x's size. Each operator's Python body checks its inputs,
+converts them to the dtypes the kernels take (``excite_inputs``: any float dtypes in, the reference's
+dtypes out) and calls the implementation for the tensors' device:
 
     CUDA   ``excite_triton``, the Triton kernels (float64: ``excite_torch``)
     CPU    ``excite_cpp``, the C++ kernels, when ge_detectron._C is built; else ``excite_torch``
@@ -29,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from . import excite_torch
-from .excite_inputs import check_backward, check_forward
+from .excite_inputs import (backward_dtypes, check_backward, check_forward, forward_dtypes, grads_in_input_dtypes,
+                            opmath)
 
 try:
     from . import excite_cpp
@@ -79,7 +81,7 @@ def unavailable_reason(device_type):
     return ""
 
 
-def _implementation(op, t):
+def implementation(op, t):
     """The module whose forward / backward compute the operators for tensors like t."""
     kind = t.device.type
     if kind == "cuda" and t.dtype != torch.float64:  # float64: excite_torch below
@@ -104,29 +106,39 @@ def _define(name, schema):
     return define
 
 
+def _forward(op, x, g, shortcut=None):
+    check_forward(op, x, g, shortcut)
+    x, g, shortcut = forward_dtypes(x, g, shortcut)
+    return implementation(op, x).forward(x, g, shortcut)
+
+
+def _backward(op, grad_out, x, g, out=None):
+    """(grad_x, grad_g, grad_shortcut): grad_x and grad_g in x's and g's dtypes, grad_shortcut in the
+    promotion of grad_out's, x's and out's (the autograd formula converts it to the shortcut's)."""
+    check_backward(op, grad_out, x, g, out)
+    inputs = backward_dtypes(grad_out, x, g, out)
+    return grads_in_input_dtypes(implementation(op, inputs[1]).backward(*inputs), x, g)
+
+
 @_define("excite", "(Tensor x, Tensor g) -> Tensor")
 def _excite(x, g):
-    check_forward("ge_detectron::excite", x, g)
-    return _implementation("ge_detectron::excite", x).forward(x, g)
+    return _forward("ge_detectron::excite", x, g)
 
 
 @_define("excite_residual", "(Tensor x, Tensor g, Tensor shortcut) -> Tensor")
 def _excite_residual(x, g, shortcut):
-    check_forward("ge_detectron::excite_residual", x, g, shortcut)
-    return _implementation("ge_detectron::excite_residual", x).forward(x, g, shortcut)
+    return _forward("ge_detectron::excite_residual", x, g, shortcut)
 
 
 @_define("excite_backward", "(Tensor grad_out, Tensor x, Tensor g) -> (Tensor grad_x, Tensor grad_g)")
 def _excite_backward(grad_out, x, g):
-    check_backward("ge_detectron::excite_backward", grad_out, x, g)
-    return _implementation("ge_detectron::excite_backward", x).backward(grad_out, x, g)[:2]
+    return _backward("ge_detectron::excite_backward", grad_out, x, g)[:2]
 
 
 @_define("excite_residual_backward", "(Tensor grad_out, Tensor out, Tensor x, Tensor g)"
                                      " -> (Tensor grad_x, Tensor grad_g, Tensor grad_shortcut)")
 def _excite_residual_backward(grad_out, out, x, g):
-    check_backward("ge_detectron::excite_residual_backward", grad_out, x, g, out)
-    return _implementation("ge_detectron::excite_residual_backward", x).backward(grad_out, x, g, out)
+    return _backward("ge_detectron::excite_residual_backward", grad_out, x, g, out)
 
 
 def _save_inputs(ctx, inputs, output):
@@ -139,14 +151,17 @@ def _excite_grad(ctx, grad):
 
 
 def _save_residual(ctx, inputs, output):
-    """The residual backward needs the output (its sign is the ReLU's mask), x and g, not the shortcut."""
-    x, g, _ = inputs
+    """The residual backward needs the output (its sign is the ReLU's mask), x and g, and of the shortcut
+    only its dtype (grad_shortcut's)."""
+    x, g, shortcut = inputs
     ctx.save_for_backward(x, g, output)
+    ctx.shortcut_dtype = shortcut.dtype
 
 
 def _excite_residual_grad(ctx, grad):
     x, g, out = ctx.saved_tensors
-    return torch.ops.ge_detectron.excite_residual_backward(grad, out, x, g)
+    grad_x, grad_g, grad_shortcut = torch.ops.ge_detectron.excite_residual_backward(grad, out, x, g)
+    return grad_x, grad_g, grad_shortcut.to(ctx.shortcut_dtype)
 
 
 _excite.register_autograd(_excite_grad, setup_context=_save_inputs)
@@ -156,13 +171,15 @@ _excite_residual.register_autograd(_excite_residual_grad, setup_context=_save_re
 def _definition(x, g, shortcut=None):
     """The forward operators in ATen ops, for decompositions. The gate is always resized with
     F.interpolate's nearest rule (a 1 x 1 gate too, which that broadcasts), never branching on sizes, so a
-    graph exported with dynamic sizes holds at every size. Arithmetic in the opmath type, as the kernels."""
-    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
-    gate = F.interpolate(torch.sigmoid(g.to(opmath)), size=x.shape[-2:], mode="nearest")
-    out = x.to(opmath) * gate
+    graph exported with dynamic sizes holds at every size. Arithmetic in the opmath type, as the kernels;
+    the result in x's dtype promoted with the shortcut's, as the reference's."""
+    dtype = x.dtype if shortcut is None else torch.promote_types(x.dtype, shortcut.dtype)
+    compute = opmath(dtype)
+    gate = F.interpolate(torch.sigmoid(g.to(compute)), size=x.shape[-2:], mode="nearest")
+    out = x.to(compute) * gate
     if shortcut is not None:
-        out = torch.relu(out + shortcut.to(opmath))
-    return out.to(x.dtype)
+        out = torch.relu(out + shortcut.to(compute))
+    return out.to(dtype)
 
 
 _DECOMPOSITIONS = torch.library.Library("ge_detectron", "FRAGMENT")

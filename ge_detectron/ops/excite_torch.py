@@ -7,11 +7,7 @@ Inputs are checked by the caller (``excite_op.py``).
 import torch
 import torch.nn.functional as F
 
-from .excite_inputs import memory_format
-
-
-def _opmath(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+from .excite_inputs import memory_format, opmath
 
 
 def _upsample(gate, size):
@@ -20,22 +16,22 @@ def _upsample(gate, size):
 
 
 def forward(x, g, shortcut=None):
-    opmath = _opmath(x)
-    out = x.to(opmath) * _upsample(torch.sigmoid(g.to(opmath)), x.shape[-2:])
+    compute = opmath(x.dtype)
+    out = x.to(compute) * _upsample(torch.sigmoid(g.to(compute)), x.shape[-2:])
     if shortcut is not None:
-        out = torch.relu(out + shortcut.to(opmath))
+        out = torch.relu(out + shortcut.to(compute))
     return out.to(x.dtype).contiguous(memory_format=memory_format(x))
 
 
 def backward(grad_out, x, g, out=None):
-    opmath = _opmath(x)
+    compute = opmath(x.dtype)
     fmt = memory_format(x)
-    m = grad_out.to(opmath)
+    m = grad_out.to(compute)
     if out is not None:
         m = torch.where(out > 0, m, 0.0)  # the ReLU's mask; also grad_shortcut
-    gate = torch.sigmoid(g.to(opmath))
+    gate = torch.sigmoid(g.to(compute))
     grad_x = (m * _upsample(gate, x.shape[-2:])).to(x.dtype).contiguous(memory_format=fmt)
-    products = m * x.to(opmath)
+    products = m * x.to(compute)
     if g.shape[-2:] == (1, 1):
         sums = products.sum(dim=(2, 3), keepdim=True)
     else:  # the adjoint of the nearest resize: each cell gets the sum over the pixels that read it

@@ -5,14 +5,19 @@
     excite_backward(grad_out, x, g, out=None) -> (grad_x, grad_g, grad_shortcut)
         out given means the residual form, whose ReLU mask is out > 0; grad_shortcut is None without it
 
-x, shortcut, grad_out, out: (N, C, H, W), float32 / float16 / bfloat16; g: (N, C, h, w), 1 <= h <= H,
-1 <= w <= W, in x's dtype or float32 under a float16 / bfloat16 x; ``up`` is F.interpolate(mode="nearest").
-Outputs are in x's dtype, grad_g in g's; layouts follow ``excite_inputs.memory_format``. Bad input raises
-a RuntimeError naming the problem. The kernels run on CUDA tensors, and with ``TRITON_INTERPRET=1`` set
+x, shortcut, grad_out, out: (N, C, H, W); g: (N, C, h, w), 1 <= h <= H, 1 <= w <= W; any of float32,
+float16 and bfloat16 (the dtype rule of ``excite_inputs``: the output in x's dtype promoted with the
+shortcut's, grad_x and grad_g in x's and g's, grad_shortcut in grad_out's); ``up`` is
+F.interpolate(mode="nearest"). Layouts follow ``excite_inputs.memory_format``. Bad input raises a
+RuntimeError naming the problem. The kernels run on CUDA tensors, and with ``TRITON_INTERPRET=1`` set
 before triton is imported on CPU tensors too (Triton's interpreter, for the tests). The operators call
-``forward`` / ``backward``, the same without the checks, through ``wrap_triton`` so that torch.compile
-traces into the kernels. The kernels are in ``excite_kernels``; docs/excite_op.md explains the design.
+``forward`` / ``backward``, the same without the checks and conversions, which launch through
+``wrap_triton`` (so that torch.compile traces into the kernels) under the tensors' device guard: on x's
+device and its current stream, whichever device is current. The kernels take any alignment: the aligned
+fast paths are chosen at launch (``_aligned``). The kernels are in ``excite_kernels``; docs/excite_op.md
+explains the design.
 """
+import contextlib
 import functools
 import math
 
@@ -22,7 +27,8 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
 from . import excite_kernels as kernels
-from .excite_inputs import check_backward, check_forward, empty_like, memory_format
+from .excite_inputs import (backward_dtypes, check_backward, check_forward, empty_like, forward_dtypes,
+                            grads_in_input_dtypes, memory_format)
 
 __all__ = ["excite_forward", "excite_backward", "specializations"]
 
@@ -44,6 +50,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def excite_forward(x, g, shortcut=None):
     """``x * sigmoid(up(g))``, or with ``shortcut`` ``relu(x * sigmoid(up(g)) + shortcut)``."""
     check_forward("excite_triton.excite_forward", x, g, shortcut)
+    x, g, shortcut = forward_dtypes(x, g, shortcut)
     _check_dtype("excite_triton.excite_forward", x)
     return forward(x, g, shortcut)
 
@@ -51,8 +58,9 @@ def excite_forward(x, g, shortcut=None):
 def excite_backward(grad_out, x, g, out=None):
     """``(grad_x, grad_g, grad_shortcut)`` of excite_forward; ``out`` (its output) for the residual form."""
     check_backward("excite_triton.excite_backward", grad_out, x, g, out)
-    _check_dtype("excite_triton.excite_backward", x)
-    return backward(grad_out, x, g, out)
+    inputs = backward_dtypes(grad_out, x, g, out)
+    _check_dtype("excite_triton.excite_backward", inputs[1])
+    return grads_in_input_dtypes(backward(*inputs), x, g)
 
 
 def _check_dtype(op, x):
@@ -62,29 +70,30 @@ def _check_dtype(op, x):
 
 
 def forward(x, g, shortcut=None):
-    """excite_forward for checked inputs."""
+    """excite_forward for checked inputs in the kernels' dtypes (``excite_inputs.forward_dtypes``)."""
     fmt = memory_format(x)
-    x, g = _contiguous(x, fmt), _aligned(g)
+    x = x.contiguous(memory_format=fmt)
     has_shortcut = shortcut is not None
-    shortcut = _contiguous(shortcut, fmt) if has_shortcut else x  # x: a placeholder, not read
+    shortcut = shortcut.contiguous(memory_format=fmt) if has_shortcut else x  # x: a placeholder, not read
     out = torch.empty_like(x, memory_format=fmt)
     if x.numel() == 0:
         return out
     (N, C, H, W), (h, w), g_strides = _sizes(x, g)
     _check_index_range(x, g)
-    wrap_triton(kernels.excite_forward_kernel)[(math.ceil(N * C * H * W / FORWARD_BLOCK),)](
-        x, g, shortcut, out, N * C * H * W, int(has_shortcut), C, H, W, h, w, H * W, *g_strides,
-        _scale(h, H), _scale(w, W), *divider(C), *divider(W), *divider(H), *divider(H * W),
-        CHANNELS_LAST=fmt == torch.channels_last, BLOCK=FORWARD_BLOCK)
+    with _device_of(x):
+        wrap_triton(kernels.excite_forward_kernel)[(math.ceil(N * C * H * W / FORWARD_BLOCK),)](
+            x, g, shortcut, out, N * C * H * W, int(has_shortcut), C, H, W, h, w, H * W, *g_strides,
+            _scale(h, H), _scale(w, W), *divider(C), *divider(W), *divider(H), *divider(H * W),
+            CHANNELS_LAST=fmt == torch.channels_last, BLOCK=FORWARD_BLOCK)
     return out
 
 
 def backward(grad_out, x, g, out=None):
-    """excite_backward for checked inputs."""
+    """excite_backward for checked inputs in the kernels' dtypes (``excite_inputs.backward_dtypes``)."""
     fmt = memory_format(x)
-    x, grad_out, g = _contiguous(x, fmt), _contiguous(grad_out, fmt), _aligned(g)
+    x, grad_out = x.contiguous(memory_format=fmt), grad_out.contiguous(memory_format=fmt)
     residual = out is not None
-    out = _contiguous(out, fmt) if residual else x  # placeholders, as grad_shortcut's below: never accessed
+    out = out.contiguous(memory_format=fmt) if residual else x  # placeholders, as grad_shortcut's below: never accessed
     grad_x = torch.empty_like(x, memory_format=fmt)
     grad_shortcut = torch.empty_like(x, memory_format=fmt) if residual else grad_x
     grad_g = empty_like(g)
@@ -95,20 +104,31 @@ def backward(grad_out, x, g, out=None):
     grad_g_strides = [int(s) for s in grad_g.stride()]
     vec = 16 // x.element_size()  # elements per 16-byte vector
     tensors = (grad_out, out, x, g, grad_x, grad_shortcut, grad_g)
-    if fmt == torch.channels_last:
-        _backward_channels_last(tensors, int(residual), C % vec == 0, N, C, H, W, h, w, g_strides, grad_g_strides)
-    elif w == 1:
-        PB, BS = span_tile(_longest_run(H, h) * W)
-        aligned = H * W % vec == 0 and (h == 1 or W % vec == 0)
-        wrap_triton(kernels.excite_backward_span_kernel)[(math.ceil(N * C / PB), h)](
-            *tensors, int(residual), int(aligned), N * C, C, H, W, h, H * W, *g_strides[:3], *grad_g_strides[:3],
-            _scale(h, H), PB=PB, BS=BS, num_warps=BACKWARD_WARPS)
-    else:
-        PB, BR = band_tile(_longest_run(H, h))
-        wrap_triton(kernels.excite_backward_band_kernel)[(math.ceil(N * C / PB), h)](
-            *tensors, int(residual), int(W % vec == 0), N * C, C, H, W, h, w, H * W, *g_strides, *grad_g_strides,
-            _scale(h, H), _scale(w, W), PB=PB, BR=BR, BW=BAND_WIDTH, num_warps=BACKWARD_WARPS)
+    pointers = _aligned(grad_out, out, x, grad_x, grad_shortcut)
+    with _device_of(x):
+        if fmt == torch.channels_last:
+            _backward_channels_last(tensors, int(residual), pointers and C % vec == 0, N, C, H, W, h, w, g_strides,
+                                    grad_g_strides)
+        elif w == 1:
+            PB, BS = span_tile(_longest_run(H, h) * W)
+            aligned = pointers and H * W % vec == 0 and (h == 1 or W % vec == 0)
+            wrap_triton(kernels.excite_backward_span_kernel)[(math.ceil(N * C / PB), h)](
+                *tensors, int(residual), int(aligned), N * C, C, H, W, h, H * W, *g_strides[:3],
+                *grad_g_strides[:3], _scale(h, H), PB=PB, BS=BS, num_warps=BACKWARD_WARPS)
+        else:
+            PB, BR = band_tile(_longest_run(H, h))
+            aligned = pointers and W % vec == 0
+            wrap_triton(kernels.excite_backward_band_kernel)[(math.ceil(N * C / PB), h)](
+                *tensors, int(residual), int(aligned), N * C, C, H, W, h, w, H * W, *g_strides, *grad_g_strides,
+                _scale(h, H), _scale(w, W), PB=PB, BR=BR, BW=BAND_WIDTH, num_warps=BACKWARD_WARPS)
     return grad_x, grad_g, grad_shortcut if residual else None
+
+
+def _device_of(t):
+    """The device guard of t's device (a CUDA device; nothing for the interpreter's CPU tensors): Triton
+    launches on the current device and that device's current stream, so under the guard it launches on
+    t's device and t's device's current stream, whichever device the caller had made current."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _sizes(x, g):
@@ -179,16 +199,15 @@ def _scale(n_in, n_out):
     return float(np.float32(n_in) / np.float32(n_out))
 
 
-def _contiguous(t, fmt):
-    return _aligned(t.contiguous(memory_format=fmt))
+def _aligned(*tensors):
+    """Whether every tensor's data starts on a 16-byte boundary: with the strides' divisibility, the
+    condition of the backward kernels' fast paths (``tl.multiple_of`` hints, 16-byte vector accesses).
+    Fake tensors (torch.compile, meta) have no address; their storage offset tells (allocations are
+    16-byte aligned, and torch.compile's Inductor checks its graph inputs' alignment itself)."""
+    def offset(t):
+        return t.storage_offset() * t.element_size() if is_fake(t) or t.device.type == "meta" else t.data_ptr()
 
-
-def _aligned(t):
-    """t, or a copy of it if its data is not 16-byte aligned: the vector loads need the alignment, and the
-    compiled kernels are specialised on aligned pointers (fresh allocations always are)."""
-    if not is_fake(t) and t.data_ptr() % 16:
-        t = t.clone()
-    return t
+    return all(int(offset(t)) % 16 == 0 for t in tensors)
 
 
 def _check_index_range(x, g, grad_g=None):
@@ -212,7 +231,8 @@ def _check_index_range(x, g, grad_g=None):
 
 def specializations():
     """Every (kernel, signature, constexprs, options) the launcher can compile: the compile test builds each
-    for sm_80 and sm_90. Pointers are 16-byte aligned (``_aligned``) and integers unspecialised."""
+    for sm_80 and sm_90, with 16-byte aligned pointers (every fresh allocation; Triton specialises a
+    launch on it) and integers unspecialised."""
     dtypes = [("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("fp16", "fp32"), ("bf16", "fp32")]
     backward = {"num_warps": BACKWARD_WARPS}
     out = []
