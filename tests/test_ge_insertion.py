@@ -113,15 +113,18 @@ def check_identity_and_paper(plain, identity, paper):
             assert last_layers
             for name, weight in last_layers.items():
                 assert weight.grad is not None and weight.grad.abs().max() > 0, name
-        damaged = outputs(paper, training)
-        for k in expected:
-            if k.startswith("feature"):
-                assert (damaged[k] - expected[k]).abs().max() > 1e-2 * expected[k].abs().max(), k
+        if not training:
+            damaged = outputs(paper, training)
+            for k in expected:
+                if k.startswith("feature"):
+                    assert (damaged[k] - expected[k]).abs().max() > 1e-2 * expected[k].abs().max(), k
 
 
+# every norm, variant and detector kind in the unmarked cases; the other combinations marked slow
 @pytest.mark.parametrize("meta,variant,norm", [
-    ("fpn", "theta", "BN"), ("fpn", "theta_plus", "GN"), ("fpn", "se", "FrozenBN"),
-    ("c4", "theta", "FrozenBN"), ("c4", "theta_plus", "BN"), ("c4", "theta", "GN"),
+    ("c4", "theta", "FrozenBN"), ("fpn", "theta_plus", "GN"), ("fpn", "se", "BN"),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in (
+        ("fpn", "theta", "BN"), ("c4", "theta_plus", "BN"), ("c4", "theta", "GN"), ("fpn", "se", "FrozenBN"))),
 ])
 def test_identity_insertion_computes_the_plain_detector_and_paper_does_not(meta, variant, norm, tmp_path, caplog):
     plain, path = plain_weights(detector_cfg(meta, "none", norm), tmp_path)
@@ -136,6 +139,7 @@ def test_identity_insertion_computes_the_plain_detector_and_paper_does_not(meta,
     check_identity_and_paper(plain, identity, paper)
 
 
+@pytest.mark.slow
 def test_lazy_config_ge_init_identity_computes_the_plain_detector(tiny_shapes, tmp_path):
     def model(*extra):
         torch.manual_seed(0)
@@ -167,7 +171,7 @@ def test_weights_with_the_ge_modules_load_unchanged_and_only_missing_ones_are_in
     for k, v in saved.items():
         if not k.startswith("backbone.bottom_up.res5."):
             assert torch.equal(state[k], v), k
-    assert not state["backbone.bottom_up.res5.0.ge.gather.1.weight"].any()  # the last of E4's two convs
+    assert not state["backbone.bottom_up.res5.0.ge.gather.2.weight"].any()  # E4: conv, ReLU, conv
     torch.testing.assert_close(state["backbone.bottom_up.res5.0.conv3.norm.weight"],
                                2 * saved["backbone.bottom_up.res5.0.conv3.norm.weight"], rtol=0, atol=0)
 

@@ -19,7 +19,9 @@ Parts (``--parts``):
 Shorter schedules scale the LR steps and warmup with the iterations. Each run is a subprocess of
 tools/train_net.py or tools/pretrain_net.py writing to its own folder under ``--output``; a run whose
 result is there already is not repeated, so an interrupted study continues where it stopped. ``--jobs`` runs
-run at once; a progress line with the elapsed time and an ETA follows each run.
+run at once; a progress line with the elapsed time and an ETA follows each run, and results.json is
+rewritten after each (``"complete"`` says whether every planned run is in; ``--collect`` only summarizes
+the runs that finished).
 
     python tools/ge_study.py --output output/ge_study            # the demos' full schedules
     python tools/ge_study.py --parts finetune cls --finetune-iters 20 --cls-iters 200 --jobs 2
@@ -131,21 +133,23 @@ def plan(args):
             base = Run("finetune", "base", 1, "train", "tools/train_net.py",
                        ["--config-file", DET_DEMO, *ARMS["finetune"]["plain"], *det_schedule(args.base_iters)],
                        os.path.join(out, "finetune", "base"))
-        for arm, opts in ARMS["finetune"].items():
-            for seed in args.seeds:
+        starts, ends = [], []  # the evaluations at iteration 0 first, then seed by seed, so that a study
+        for seed in args.seeds:  # stopped early holds every arm
+            for arm, opts in ARMS["finetune"].items():
                 common = ["--config-file", DET_DEMO, *opts, "MODEL.WEIGHTS", base_weights, "SEED", str(seed)]
                 folder = os.path.join(out, "finetune", arm, f"seed{seed}")
                 if arm == "theta_e8_paper" or seed == args.seeds[0]:  # the others' start does not depend on the seed
-                    runs.append(Run("finetune", arm, seed, "iter0", "tools/train_net.py", ["--eval-only", *common],
-                                    os.path.join(folder, "iter0")))
-                runs.append(Run("finetune", arm, seed, "end", "tools/train_net.py",
+                    starts.append(Run("finetune", arm, seed, "iter0", "tools/train_net.py", ["--eval-only", *common],
+                                      os.path.join(folder, "iter0")))
+                ends.append(Run("finetune", arm, seed, "end", "tools/train_net.py",
                                 [*common, *det_schedule(args.finetune_iters, args.finetune_lr)],
                                 os.path.join(folder, "end")))
+        runs += starts + ends
     for part, config, schedule in (("cls", CLS_DEMO, cls_schedule(args.cls_iters)),
                                    ("det", DET_DEMO, det_schedule(args.det_iters))):
         if part in args.parts:
-            for arm, opts in ARMS[part].items():
-                for seed in args.seeds:
+            for seed in args.seeds:
+                for arm, opts in ARMS[part].items():
                     tool = "tools/pretrain_net.py" if part == "cls" else "tools/train_net.py"
                     runs.append(Run(part, arm, seed, "end", tool,
                                     ["--config-file", config, *opts, *schedule, "SEED", str(seed)],
@@ -191,15 +195,19 @@ def main(argv=None):
     parser.add_argument("--cls-iters", type=int, default=CLS_ITERS)
     parser.add_argument("--det-iters", type=int, default=DET_ITERS)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
+    parser.add_argument("--collect", action="store_true", help="run nothing: summarize the runs that finished")
     args = parser.parse_args(argv)
 
     base, runs = plan(args)
-    prepare_data(args.parts)
+    if args.collect:
+        runs = [run for run in runs if os.path.exists(run.result_file)]
+    else:
+        prepare_data(args.parts)
+        if base is not None:
+            print(f"base: {' '.join(base.command())}", flush=True)
+            result, seconds = base.execute()
+            print(f"base: {result} ({seconds:.0f} s)", flush=True)
     start = time.time()
-    if base is not None:
-        print(f"base: {' '.join(base.command())}", flush=True)
-        result, seconds = base.execute()
-        print(f"base: {result} ({seconds:.0f} s)", flush=True)
     results, durations, done = {}, [], 0
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(run.execute): run for run in runs}
@@ -214,11 +222,15 @@ def main(argv=None):
             eta = statistics.fmean(durations) * remaining / args.jobs if durations else 0.0
             print(f"[{done}/{len(runs)}] {run.name}: {result} ({seconds:.0f} s); elapsed "
                   f"{(time.time() - start) / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
-    table = summarize(results)
-    with open(os.path.join(args.output, "results.json"), "w") as f:
-        json.dump({"command": " ".join(sys.argv), "args": vars(args), "results": table}, f, indent=1)
-    print_table(table)
+            write_results(args, results, complete=remaining == 0)
+    print_table(summarize(results))
 
+
+def write_results(args, results, complete):
+    """OUTPUT/results.json: the arguments, whether every planned run is in, and the summary."""
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump({"command": " ".join(sys.argv), "args": vars(args), "complete": complete,
+                   "results": summarize(results)}, f, indent=1)
 
 if __name__ == "__main__":
     main()
