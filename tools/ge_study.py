@@ -199,6 +199,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     base, runs = plan(args)
+    planned = len(runs)
     if args.collect:
         runs = [run for run in runs if os.path.exists(run.result_file)]
     else:
@@ -222,7 +223,7 @@ def main(argv=None):
             eta = statistics.fmean(durations) * remaining / args.jobs if durations else 0.0
             print(f"[{done}/{len(runs)}] {run.name}: {result} ({seconds:.0f} s); elapsed "
                   f"{(time.time() - start) / 60:.1f} min, ETA {eta / 60:.1f} min", flush=True)
-            write_results(args, results, complete=remaining == 0)
+            write_results(args, results, complete=done == planned)
     print_table(summarize(results))
 
 
