@@ -63,8 +63,8 @@ def batch():
     g = torch.Generator().manual_seed(2)
     inputs = []
     for _ in range(2):
-        instances = Instances((64, 64), gt_boxes=Boxes(torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 60.0, 50.0]])),
-                              gt_classes=torch.tensor([1, 3]))
+        boxes = Boxes(torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 60.0, 50.0]]))
+        instances = Instances((64, 64), gt_boxes=boxes, gt_classes=torch.tensor([1, 3]))
         inputs.append({"image": torch.randint(0, 256, (3, 64, 64), generator=g).float(), "height": 64, "width": 64,
                        "instances": instances})
     return inputs

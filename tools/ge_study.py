@@ -49,7 +49,8 @@ DET_ITERS, CLS_ITERS = 200, 600
 ARMS = {
     "finetune": {"plain": ["MODEL.GE.VARIANT", "none"],
                  "theta_e8_paper": ["MODEL.GE.VARIANT", "theta", "MODEL.GE.EXTENT", "8", "MODEL.GE.INIT", "paper"],
-                 "theta_e8_identity": ["MODEL.GE.VARIANT", "theta", "MODEL.GE.EXTENT", "8", "MODEL.GE.INIT", "identity"]},
+                 "theta_e8_identity": ["MODEL.GE.VARIANT", "theta", "MODEL.GE.EXTENT", "8",
+                                       "MODEL.GE.INIT", "identity"]},
     "cls": {"none": ["MODEL.GE.VARIANT", "none"], "theta": ["MODEL.GE.VARIANT", "theta"],
             "theta_minus": ["MODEL.GE.VARIANT", "theta_minus"]},
     "det": {"none": ["MODEL.GE.VARIANT", "none"], "theta_e8": ["MODEL.GE.VARIANT", "theta", "MODEL.GE.EXTENT", "8"],
