@@ -147,8 +147,9 @@ def test_lazy_config_ge_init_identity_computes_the_plain_detector(tiny_shapes, t
 
     plain, path = plain_weights(model("model.backbone.stages.ge_variant=none", "model.roi_heads.res5.ge_variant=none"),
                                 tmp_path)
-    identity = load(model("model.backbone.stages.ge_init=identity", "model.roi_heads.res5.ge_init=identity"), path)
-    check_identity_and_paper(plain, identity, load(model(), path))
+    identity = load(model(), path)  # the config's own ge_init: R-50.pkl has no GE weights
+    paper = load(model("model.backbone.stages.ge_init=paper", "model.roi_heads.res5.ge_init=paper"), path)
+    check_identity_and_paper(plain, identity, paper)
 
 
 def test_weights_with_the_ge_modules_load_unchanged_and_only_missing_ones_are_inserted(tmp_path, caplog):
