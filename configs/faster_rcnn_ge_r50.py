@@ -13,7 +13,9 @@ from ge_detectron.modeling import GERes5ROIHeads, make_ge_resnet_stages, make_ge
 from .common.data import dataloader
 
 # GE-theta E8, in the stages freeze_at=2 trains (docs/GE_SPEC.md, "Decision, freezing").
-_GE = dict(ge_variant="theta", ge_extent=8)
+# R-50.pkl has no GE weights: GE is inserted as the identity (docs/GE_SPEC.md, "Decision, insertion into plain
+# weights"), as faster_rcnn_ge_r50.yaml's MODEL.GE.INIT.
+_GE = dict(ge_variant="theta", ge_extent=8, ge_init="identity")
 
 model = get_config("common/models/mask_rcnn_c4.py").model  # detectron2's R50-C4 R-CNN, less its mask head
 del model.roi_heads["mask_head"]

@@ -5,8 +5,11 @@
   temporary files such a kill leaves are removed when the next run starts;
 - the incompatible keys of the last weights loaded (``incompatible``), which detectron2 only logs, and
   ``weights_mismatch``: what they mean, in the words of the errors of the tools that need an exact fit;
+- GE modules built with ``ge_init="identity"`` (``MODEL.GE.INIT``) that the checkpoint has no weights for
+  inserted as the identity (``modeling.insert_missing_ge_as_identity``), logged once per load;
 - a loud warning when a learnable GE module sits in a frozen stage and the checkpoint has no weights
-  for it (GE_SPEC.md: it would stay a fixed random gate for the whole run).
+  for it, unless it was inserted as the identity (GE_SPEC.md: it would stay a fixed random gate for the
+  whole run).
 """
 import logging
 import os
@@ -14,6 +17,7 @@ import os
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .atomic import AtomicFile, abandoned_temporary_name
+from .modeling import insert_missing_ge_as_identity
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +60,25 @@ class GECheckpointer(DetectionCheckpointer):
                 os.remove(os.path.join(self.save_dir, name))
                 logger.info(f"Removed {name} from {self.save_dir}: the unfinished write of a process that was stopped.")
 
+    def insert_missing_ge_as_identity(self, missing_keys):
+        """Insert the GE modules built with ge_init="identity" that ``missing_keys`` lack as the identity and
+        log which; return the keys of ``missing_keys`` that stay at their initialisation."""
+        inserted = insert_missing_ge_as_identity(self.model, missing_keys)
+        if not inserted:
+            return list(missing_keys)
+        stages = {}
+        for name in inserted:
+            stage = name.rsplit(".", 1)[0]
+            stages[stage] = stages.get(stage, 0) + 1
+        logger.info("Gather-Excite inserted as the identity (MODEL.GE.INIT identity) into %d blocks the checkpoint "
+                    "had no GE weights for: %s.", len(inserted), ", ".join(f"{s} ({n})" for s, n in stages.items()))
+        prefixes = tuple(f"{name}.ge." for name in inserted)
+        return [k for k in missing_keys if not k.startswith(prefixes)]
+
     def _load_model(self, checkpoint):
         incompatible = self.incompatible = super()._load_model(checkpoint)
-        frozen_random = frozen_random_ge_parameters(self.model, incompatible.missing_keys)
+        still_random = self.insert_missing_ge_as_identity(incompatible.missing_keys)
+        frozen_random = frozen_random_ge_parameters(self.model, still_random)
         if frozen_random:
             stages = sorted({name.split(".ge.")[0].rsplit(".", 1)[0] for name in frozen_random})
             logger.warning(

@@ -6,7 +6,7 @@ import contextlib
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from .layers import check_gather_excite_args, check_ge_resnet_args, check_stem_args
+from .layers import check_gather_excite_args, check_ge_init, check_ge_resnet_args, check_stem_args
 
 
 class GEConfigError(ValueError):
@@ -32,6 +32,12 @@ def add_ge_config(cfg):
     # Fused excite operator: "auto" (on the devices with its kernels: Triton on CUDA, C++ on the CPU),
     # "on" (everywhere; required on this machine's device), "off" (the pure-PyTorch reference).
     cfg.MODEL.GE.FUSED = "auto"
+    # How a GE module begins when MODEL.WEIGHTS lacks its weights (plain pretrained weights): "paper" (its
+    # random initialisation, as the paper's code) or "identity" (its block computes the plain block exactly:
+    # the gate's last layer zeroed, so every gate is 0.5, and the residual branch's last norm doubled;
+    # docs/GE_SPEC.md). Weights that hold the GE modules (GE-pretrained, a resume) load unchanged either
+    # way; "identity" needs learnable GE (theta, theta_plus, se).
+    cfg.MODEL.GE.INIT = "paper"
     # Classes of the ImageNet classification head used for pretraining.
     cfg.MODEL.GE.NUM_CLASSES = 1000
     # The options below reproduce other implementations' networks; the defaults are the paper's and
@@ -64,7 +70,7 @@ ARGUMENT_KEYS = {
     "ge_stages": "MODEL.GE.STAGES", "res5_dilation": "MODEL.RESNETS.RES5_DILATION",
     "ge_global_input_size": "MODEL.GE.GLOBAL_INPUT_SIZE", "padding": "MODEL.GE.PADDING",
     "norm_eps": "MODEL.GE.STEM_NORM_EPS", "max_kernel": "MODEL.GE.GATHER_MAX_KERNEL", "mlp_bias": "MODEL.GE.MLP_BIAS",
-    "theta_plus_relu": "MODEL.GE.THETA_PLUS_RELU",
+    "theta_plus_relu": "MODEL.GE.THETA_PLUS_RELU", "ge_init": "MODEL.GE.INIT",
 }
 
 
@@ -88,6 +94,7 @@ def validate_ge_config(cfg):
                                  ge.MLP_BIAS, ge.THETA_PLUS_RELU, allow_none=True)
         check_ge_resnet_args(res.DEPTH, ge.STAGES, res.RES5_DILATION, ge.GLOBAL_INPUT_SIZE, ge.PADDING)
         check_stem_args(ge.PADDING, ge.STEM_NORM_EPS)
+        check_ge_init(ge.VARIANT, ge.INIT)
     if isinstance(ge.NUM_CLASSES, bool) or not isinstance(ge.NUM_CLASSES, int) or ge.NUM_CLASSES < 1:
         fail_invalid("MODEL.GE.NUM_CLASSES", ge.NUM_CLASSES, "use a positive integer such as 1000")
     return cfg
@@ -103,7 +110,7 @@ def _check_resnet_keys(cfg):
 def _ge_args(ge):
     return {"ge_extent": ge.EXTENT, "ge_norm": ge.NORM or None, "ge_reduction": ge.REDUCTION, "ge_fused": ge.FUSED,
             "ge_max_kernel": ge.GATHER_MAX_KERNEL, "ge_mlp_bias": ge.MLP_BIAS, "ge_theta_plus_relu": ge.THETA_PLUS_RELU,
-            "padding": ge.PADDING}
+            "ge_init": ge.INIT, "padding": ge.PADDING}
 
 
 def ge_stem_args(cfg):

@@ -146,6 +146,7 @@ def test_jit_trace_equals_eager(backbone, variant, extent):
     ("MODEL.GE.REDUCTION", 0, "MODEL.GE.REDUCTION = 0 is invalid"),
     ("MODEL.GE.FUSED", "maybe", "MODEL.GE.FUSED = 'maybe' is invalid"),
     ("MODEL.GE.GLOBAL_INPUT_SIZE", 100, "MODEL.GE.GLOBAL_INPUT_SIZE = 100 is invalid"),
+    ("MODEL.GE.INIT", "zero", "MODEL.GE.INIT = 'zero' is invalid: allowed are 'paper', 'identity'"),
 ])
 def test_bad_config_values_raise_value_errors_naming_key_and_value(key, value, message):
     with pytest.raises(ValueError, match=message):

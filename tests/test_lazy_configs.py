@@ -53,7 +53,7 @@ def test_every_lazy_config_instantiates_and_trains_one_iteration(path, tiny_shap
 
 def _module_settings(model):
     """Per submodule: its class, and the hyperparameters the two config systems could set differently."""
-    attrs = ("variant", "extent", "pre_nms_topk", "post_nms_topk", "nms_thresh", "batch_size_per_image",
+    attrs = ("variant", "extent", "ge_init", "pre_nms_topk", "post_nms_topk", "nms_thresh", "batch_size_per_image",
              "positive_fraction", "test_score_thresh", "test_nms_thresh", "test_topk_per_image", "num_classes",
              "stride", "in_features", "proposal_append_gt", "smooth_l1_beta", "box_reg_loss_type", "anchor_boundary_thresh")
     return {name: (type(m).__name__, {a: getattr(m, a) for a in attrs if hasattr(m, a)}) for name, m in model.named_modules()}

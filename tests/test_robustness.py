@@ -9,8 +9,10 @@ import time
 
 import pytest
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
 from helpers import DEMO, TINY, ToolRun, check_resumed_weights_equal_uninterrupted, shapes_root
@@ -76,6 +78,23 @@ def test_run_sigkilled_after_a_checkpoint_and_resumed_ends_bit_identical_to_an_u
         assert (key in expected["trainer"]["_trainer"]) == (key in resumed["trainer"]["_trainer"])
     torch.testing.assert_close(resumed["trainer"]["_trainer"]["optimizer"], expected["trainer"]["_trainer"]["optimizer"],
                                rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_run_from_plain_weights_with_identity_insertion_resumes_bit_identical(tmp_path):
+    """The resumed run loads its checkpoint, which holds the GE weights: nothing is inserted again."""
+    shapes_root(tmp_path)
+    plain = build_model(get_ge_cfg(DEMO, [*TINY, "MODEL.GE.VARIANT", "none", "MODEL.DEVICE", "cpu"]))
+    DetectionCheckpointer(plain, save_dir=str(tmp_path)).save("plain")
+    opts = [*EXACT, "MODEL.WEIGHTS", tmp_path / "plain.pth", "MODEL.GE.INIT", "identity"]
+    returncode, log = TrainNet(tmp_path, *opts, out="uninterrupted").wait()
+    assert returncode == 0 and log.count("inserted as the identity") == 1, log[-3000:]
+    returncode, log = TrainNet(tmp_path, *opts, out="killed", kill_after=3).wait()
+    assert returncode == -signal.SIGKILL, log[-3000:]
+    returncode, log = TrainNet(tmp_path, *opts, out="killed", resume=True).wait()
+    assert returncode == 0 and "Starting training from iteration 4" in log, log[-3000:]
+    assert "inserted as the identity" not in log
+    check_resumed_weights_equal_uninterrupted(tmp_path)
 
 
 def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):

@@ -10,4 +10,5 @@ from .gather_excite import (
 )
 from .gathers import AverageGather, DepthwiseGather
 from .same_padding import PADDINGS, Conv2dSame, check_padding, max_pool2d_same
-from .resnet_arguments import BLOCKS_PER_STAGE, STAGE_NAMES, check_ge_resnet_args, check_stem_args
+from .resnet_arguments import (BLOCKS_PER_STAGE, GE_INITS, STAGE_NAMES, check_ge_init, check_ge_resnet_args,
+                               check_stem_args)

@@ -172,6 +172,25 @@ class GatherExcite(nn.Module):
             g = self.mlp(F.relu(g) if self.variant == "theta_plus" and self.theta_plus_relu else g)
         return g
 
+    def zero_gate_logits(self):
+        """Make the gate logits 0 for every input (every gate sigmoid(0) = 0.5) by zeroing the layer that
+        produces them: the excite MLP's last 1x1 conv (weight and bias) for theta_plus and se; for theta the
+        gather's last depthwise conv, and the bias and running mean of its norm (BN, GN, FrozenBN: a zero
+        input then leaves the norm's shift, 0, in training and in eval mode). That layer still gets gradients.
+        theta_minus has no parameters: ValueError."""
+        if self.mlp is not None:
+            last = self.mlp[-1]
+            tensors = (last.weight, last.bias)
+        elif isinstance(self.gather, DepthwiseGather):
+            last = self.gather[-1]
+            tensors = (last.weight, getattr(last.norm, "bias", None), getattr(last.norm, "running_mean", None))
+        else:
+            raise ValueError(f"GatherExcite {self.variant} has no parameters: its gate cannot be set to 0.5.")
+        with torch.no_grad():
+            for tensor in tensors:
+                if tensor is not None:
+                    tensor.zero_()
+
     def check_inputs(self, x, shortcut=None):
         """Raise ValueError, naming what is wrong, unless x is a floating-point (N, C, H, W) tensor of this
         module's C channels and ``shortcut`` (if given) has x's dtype (the reference would promote it

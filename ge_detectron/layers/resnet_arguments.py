@@ -5,10 +5,13 @@ too: one check for both, and ``config`` imports nothing of ``modeling``."""
 from .arguments import invalid_argument
 from .same_padding import check_padding
 
-__all__ = ["STAGE_NAMES", "BLOCKS_PER_STAGE", "check_stem_args", "check_ge_resnet_args"]
+__all__ = ["STAGE_NAMES", "BLOCKS_PER_STAGE", "GE_INITS", "check_stem_args", "check_ge_resnet_args", "check_ge_init"]
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 BLOCKS_PER_STAGE = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}  # GE sits in bottleneck blocks
+# How a GE module begins when the weights loaded lack it: "paper" keeps its random initialisation, "identity"
+# makes its block compute the plain block (``GEBottleneckBlock.insert_as_identity``, docs/GE_SPEC.md).
+GE_INITS = ("paper", "identity")
 
 
 def check_stem_args(padding="symmetric", norm_eps=1e-5):
@@ -33,3 +36,13 @@ def check_ge_resnet_args(depth=50, ge_stages=STAGE_NAMES, res5_dilation=1, ge_gl
     if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
         raise invalid_argument("ge_global_input_size", size, "use a positive multiple of 32 such as 224")
     check_padding(padding)
+
+
+def check_ge_init(variant, init):
+    """Raise an ``invalid_argument`` error for a ``ge_init`` that is not one of GE_INITS, or "identity" with
+    theta_minus, which has no parameters to make its block the identity."""
+    if init not in GE_INITS:
+        raise invalid_argument("ge_init", init, "allowed are " + ", ".join(map(repr, GE_INITS)))
+    if init == "identity" and variant == "theta_minus":
+        raise invalid_argument("ge_init", init, "theta_minus has no parameters to insert it as the identity; use "
+                              "'paper', or theta / theta_plus / se")

@@ -11,3 +11,4 @@ from .backbone import (
 )
 from .roi_heads import GERes5ROIHeads
 from .classifier import GEClassifier, build_ge_classifier
+from .insertion import insert_missing_ge_as_identity

@@ -5,6 +5,7 @@ The stages are built from plain arguments (``make_ge_stage``, ``make_ge_resnet_s
 construct them with ``L(...)(...)``; the registered YAML builders translate the config into the same
 arguments (``ge_detectron.config``) and call the same functions.
 """
+import torch
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -12,8 +13,8 @@ from detectron2.modeling.backbone import FPN, BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from ..config import ge_resnet_stages_args, ge_stem_args
-from ..layers import (BLOCKS_PER_STAGE, STAGE_NAMES, Conv2dSame, GatherExcite, check_ge_resnet_args, check_padding,
-                      check_stem_args, invalid_argument, max_pool2d_same)
+from ..layers import (BLOCKS_PER_STAGE, STAGE_NAMES, Conv2dSame, GatherExcite, check_ge_init, check_ge_resnet_args,
+                      check_padding, check_stem_args, invalid_argument, max_pool2d_same)
 
 __all__ = ["GEBottleneckBlock", "SamePaddingStem", "make_ge_stem", "make_ge_stage", "make_ge_resnet_stages",
            "build_ge_resnet", "build_ge_resnet_backbone", "build_ge_resnet_fpn_backbone",
@@ -25,12 +26,18 @@ class GEBottleneckBlock(BottleneckBlock):
     """detectron2's ``BottleneckBlock`` with Gather-Excite on the residual branch (after conv3's
     norm), before the residual add; the GE module computes the whole tail relu(excite + shortcut)
     (docs/design.md says why). ``ge_variant`` is one of GatherExcite's variants: blocks without GE
-    are detectron2's ``BottleneckBlock`` (``make_ge_stage`` with ``ge_variant="none"``)."""
+    are detectron2's ``BottleneckBlock`` (``make_ge_stage`` with ``ge_variant="none"``).
+
+    ``ge_init`` ("paper" or "identity", ``layers.GE_INITS``) says how the GE module begins when the
+    weights loaded lack it: the checkpointer (``ge_detectron.checkpoint``) calls ``insert_as_identity`` on
+    the blocks with "identity" whose GE weights the checkpoint lacked."""
 
     def __init__(self, in_channels, out_channels, *, ge_variant, ge_extent=0, ge_norm="BN", ge_reduction=16,
                  ge_global_kernel=7, ge_fused="auto", ge_max_kernel=0, ge_mlp_bias=True, ge_theta_plus_relu=True,
-                 **kwargs):
+                 ge_init="paper", **kwargs):
         super().__init__(in_channels, out_channels, **kwargs)
+        check_ge_init(ge_variant, ge_init)
+        self.ge_init = ge_init
         try:
             self.ge = GatherExcite(out_channels, variant=ge_variant, extent=ge_extent, norm=ge_norm,
                                    reduction=ge_reduction, global_kernel=ge_global_kernel, fused=ge_fused,
@@ -40,6 +47,19 @@ class GEBottleneckBlock(BottleneckBlock):
                 raise
             raise invalid_argument("ge_variant", e.value, f"{e.allowed} (a block without GE is detectron2's "
                                   "BottleneckBlock)", "GEBottleneckBlock") from None
+
+    def insert_as_identity(self):
+        """Make this block compute detectron2's plain ``BottleneckBlock`` with its current weights, exactly:
+        every gate becomes sigmoid(0) = 0.5 (``GatherExcite.zero_gate_logits``) and the residual branch's
+        last affine map doubles: conv3's norm's weight and bias (parameters of BN and GN, buffers of
+        FrozenBN, whose scale ``weight / sqrt(running_var + eps)`` and shift ``bias - running_mean * scale``
+        both double), or conv3's weight without a norm. 0.5 * 2 is exact in floating point."""
+        self.ge.zero_gate_logits()
+        norm = self.conv3.norm
+        with torch.no_grad():
+            for tensor in (norm.weight, norm.bias) if norm is not None else (self.conv3.weight, self.conv3.bias):
+                if tensor is not None:
+                    tensor.mul_(2)
 
     def forward(self, x):
         out = F.relu_(self.conv1(x))
@@ -72,15 +92,16 @@ def make_ge_stem(in_channels=3, out_channels=64, norm="BN", padding="symmetric",
 
 
 def make_ge_stage(*, ge_variant="none", ge_extent=0, ge_norm=None, ge_reduction=16, ge_global_kernel=7,
-                  ge_fused="auto", ge_max_kernel=0, ge_mlp_bias=True, ge_theta_plus_relu=True, padding="symmetric",
-                  **kwargs):
+                  ge_fused="auto", ge_max_kernel=0, ge_mlp_bias=True, ge_theta_plus_relu=True, ge_init="paper",
+                  padding="symmetric", **kwargs):
     """``ResNet.make_stage`` of bottleneck blocks (``kwargs`` as its own: num_blocks, stride_per_block,
     in_channels, bottleneck_channels, out_channels, norm, ...) with Gather-Excite in every block:
     ``GEBottleneckBlock`` s, or plain ``BottleneckBlock`` s when ``ge_variant`` is "none".
 
     ``ge_norm`` is the norm of the gather convs (None: the blocks' ``norm``); ``ge_global_kernel`` the side
     of a global theta/theta_plus kernel (the stage's map size at the pretraining input); ``ge_max_kernel``,
-    ``ge_mlp_bias``, ``ge_theta_plus_relu`` as GatherExcite's ``max_kernel``, ``mlp_bias``, ``theta_plus_relu``.
+    ``ge_mlp_bias``, ``ge_theta_plus_relu`` as GatherExcite's ``max_kernel``, ``mlp_bias``, ``theta_plus_relu``;
+    ``ge_init`` as GEBottleneckBlock's ("identity": inserted into plain weights as the identity).
     ``padding="same"`` makes the blocks' convs (not the gathers') ``Conv2dSame``."""
     check_padding(padding)
     if ge_variant == "none":
@@ -90,7 +111,7 @@ def make_ge_stage(*, ge_variant="none", ge_extent=0, ge_norm=None, ge_reduction=
             block_class=GEBottleneckBlock, ge_variant=ge_variant, ge_extent=ge_extent,
             ge_norm=ge_norm or kwargs.get("norm", "BN"), ge_reduction=ge_reduction, ge_global_kernel=ge_global_kernel,
             ge_fused=ge_fused, ge_max_kernel=ge_max_kernel, ge_mlp_bias=ge_mlp_bias,
-            ge_theta_plus_relu=ge_theta_plus_relu, **kwargs)
+            ge_theta_plus_relu=ge_theta_plus_relu, ge_init=ge_init, **kwargs)
     if padding == "same":
         for block in blocks:
             for conv in (block.conv1, block.conv2, block.conv3, block.shortcut):
@@ -103,7 +124,7 @@ def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=2
                           width_per_group=64, norm="BN", stride_in_1x1=True, res5_dilation=1, ge_variant="none",
                           ge_stages=STAGE_NAMES, ge_extent=0, ge_norm=None, ge_reduction=16, ge_global_input_size=224,
                           ge_fused="auto", ge_max_kernel=0, ge_mlp_bias=True, ge_theta_plus_relu=True,
-                          padding="symmetric"):
+                          ge_init="paper", padding="symmetric"):
     """The stages res2-res5 of a GE-ResNet (the ``stages`` argument of detectron2's ``ResNet``, which drops
     those after its last ``out_features``), with ``ge_variant`` in the stages named in ``ge_stages`` and
     plain bottlenecks elsewhere.
@@ -114,8 +135,8 @@ def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=2
             res5_dilation: as detectron2's ``MODEL.RESNETS`` keys of the same names.
         ge_variant, ge_stages: the GE variant ("none", "theta_minus", "theta", "theta_plus", "se") and the
             stages that get it.
-        ge_extent, ge_norm, ge_reduction, ge_fused, ge_max_kernel, ge_mlp_bias, ge_theta_plus_relu, padding:
-            as ``make_ge_stage``'s.
+        ge_extent, ge_norm, ge_reduction, ge_fused, ge_max_kernel, ge_mlp_bias, ge_theta_plus_relu, ge_init,
+            padding: as ``make_ge_stage``'s.
         ge_global_input_size: input side at which a global theta/theta_plus kernel covers the whole map.
     """
     check_ge_resnet_args(depth, ge_stages, res5_dilation, ge_global_input_size, padding)
@@ -130,7 +151,7 @@ def make_ge_resnet_stages(depth=50, *, stem_out_channels=64, res2_out_channels=2
             stride_in_1x1=stride_in_1x1, dilation=dilation, ge_variant=ge_variant if name in ge_stages else "none",
             ge_extent=ge_extent, ge_norm=ge_norm, ge_reduction=ge_reduction,
             ge_global_kernel=ge_global_input_size // 2 ** (idx + 2), ge_fused=ge_fused, ge_max_kernel=ge_max_kernel,
-            ge_mlp_bias=ge_mlp_bias, ge_theta_plus_relu=ge_theta_plus_relu, padding=padding))
+            ge_mlp_bias=ge_mlp_bias, ge_theta_plus_relu=ge_theta_plus_relu, ge_init=ge_init, padding=padding))
         in_channels, out_channels, bottleneck_channels = out_channels, out_channels * 2, bottleneck_channels * 2
     return stages
 
