@@ -1,5 +1,6 @@
-"""The benchmarks' shared timing harness (ge_detectron.benchmark) and tools/benchmark_model.py's per-block
-breakdown, which must time the blocks' own modules, not a copy of their forward."""
+"""The benchmarks' shared timing harness (ge_detectron.benchmark), tools/benchmark_model.py's per-block
+breakdown, which must time the blocks' own modules, not a copy of their forward, and tools/benchmark_export.py
+in its tiny mode."""
 import ast
 import importlib.util
 import os

@@ -1,8 +1,8 @@
 """Export (ge_detectron.export, tools/export_model.py): the fused excite operator leaves standard operators on
 every export path; TorchScript and ONNX files of GE detectors (YAML and LazyConfig; C4, FPN, Mask R-CNN,
 RetinaNet; a plain baseline) predict what the PyTorch predictor predicts on images of other sizes than the
-traced one, through tools/predict.py --onnx too; the TorchScript file runs in a process without ge_detectron
-or detectron2; the GE backbone through torch.export and the dynamo ONNX exporter; one-line errors."""
+traced one, through tools/predict.py --onnx too; so does every shipped detection config, in both formats; the
+TorchScript file runs in a process without ge_detectron or detectron2; the GE backbone through torch.export and the dynamo ONNX exporter; one-line errors."""
 import json
 import os
 import subprocess
