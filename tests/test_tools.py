@@ -26,9 +26,6 @@ def test_every_tool_is_listed():
 @pytest.mark.parametrize("tool", TOOLS)
 def test_tool_help(tool):
     result = run_tool(tool, "--help")
-    if tool == "benchmark_export.py" and result.returncode != 0:
-        pytest.skip("tools/benchmark_export.py fails at import (`from benchmark_excite import cpu_name`, issue 30); "
-                    "its repair is on another branch")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("usage:"), result.stdout[:500]
 

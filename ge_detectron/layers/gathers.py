@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .same_padding import Conv2dSame
 
-__all__ = ["AverageGather", "DepthwiseGather", "frozen_affine"]
+__all__ = ["AverageGather", "DepthwiseGather", "GridAvgPool2d", "adaptive_avg_pool2d_matmul", "frozen_affine"]
 
 
 class AverageGather(nn.Module):
@@ -28,6 +28,37 @@ class AverageGather(nn.Module):
 
     def extra_repr(self):
         return f"extent={self.extent}"
+
+
+def _window_averages(size, bins, dtype, device):
+    """The (bins, size) matrix that averages each of adaptive average pooling's windows: row i is
+    1 / (end - start) on the cells floor(i * size / bins) .. ceil((i + 1) * size / bins) - 1, else 0.
+    ``size`` may be a traced 0-dim tensor: the matrix is then computed in the graph, for any size."""
+    i = torch.arange(bins, device=device)
+    start, end = (i * size) // bins, ((i + 1) * size + bins - 1) // bins
+    cells = torch.arange(size, device=device)
+    inside = (cells >= start[:, None]) & (cells < end[:, None])
+    return inside.to(dtype) / (end - start).to(dtype)[:, None]
+
+
+def adaptive_avg_pool2d_matmul(x, output_size):
+    """``F.adaptive_avg_pool2d(x, output_size)`` (N, C, H, W) -> (N, C, n, n) as two matrix products with
+    the window-averaging matrices of the height and the width: Range, comparisons, Div and MatMul, which
+    the ONNX exporter records for any H and W (it refuses adaptive pooling at a dynamic input size)."""
+    rows = _window_averages(x.shape[-2], output_size, x.dtype, x.device)
+    cols = _window_averages(x.shape[-1], output_size, x.dtype, x.device)
+    return torch.matmul(torch.matmul(rows, x), cols.t())
+
+
+class GridAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` to an ``n`` x ``n`` grid that exports to ONNX at a dynamic input size: under
+    ``torch.onnx.export`` it computes ``adaptive_avg_pool2d_matmul``, elsewhere PyTorch's kernel, which is
+    faster on the CPU at detection sizes (docs/export.md) and which TorchScript keeps size-generic."""
+
+    def forward(self, x):
+        if torch.onnx.is_in_onnx_export():
+            return adaptive_avg_pool2d_matmul(x, self.output_size)
+        return super().forward(x)
 
 
 def frozen_affine(norm):
@@ -84,7 +115,7 @@ class DepthwiseGather(nn.Sequential):
 
     def __init__(self, channels, extent, norm, global_kernel, max_kernel=0):
         if extent == 0:
-            layers, kernel = [nn.AdaptiveAvgPool2d(global_kernel)], global_kernel
+            layers, kernel = [GridAvgPool2d(global_kernel)], global_kernel
             while max_kernel and kernel > max_kernel:
                 layers.append(_dense_reduction(channels, norm))
                 kernel = math.ceil(kernel / 2)

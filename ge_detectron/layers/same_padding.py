@@ -4,10 +4,11 @@ A "same" layer of kernel k and stride s pads an input side n by ``max((ceil(n / 
 in total, the smaller half before (top / left) and the larger after: the 7x7 stride-2 conv pads (2, 3) at
 224, a 3x3 stride-2 conv (0, 1) at even sides. PyTorch's fixed padding is symmetric, so weights trained with
 "same" padding need it to reproduce their network. The padding depends on the input size, so it is
-computed in ``forward`` (as timm's ``Conv2dSame`` does for TensorFlow weights).
+computed in ``forward`` (as timm's ``Conv2dSame`` does for TensorFlow weights), with integer arithmetic that
+also holds for the traced 0-dim size tensors of ``torch.jit.trace``: the exported graphs (TorchScript and
+ONNX) compute the padding of every input size.
 """
-import math
-
+import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d
 
@@ -26,8 +27,10 @@ def check_padding(padding, argument="padding"):
 
 
 def same_padding(size, kernel_size, stride, dilation=1):
-    """``(before, after)`` "same" padding of one input side."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+    """``(before, after)`` "same" padding of one input side: ints for an int ``size``, 0-dim tensors for a
+    traced size."""
+    total = ((size + stride - 1) // stride - 1) * stride + (kernel_size - 1) * dilation + 1 - size
+    total = total.clamp(min=0) if isinstance(total, torch.Tensor) else max(total, 0)
     return total // 2, total - total // 2
 
 
@@ -35,7 +38,7 @@ def pad_same(x, kernel_size, stride, dilation=(1, 1), value=0.0):
     """``x`` (N, C, H, W) padded with ``value`` for a "same" layer of these (height, width) pairs."""
     top, bottom = same_padding(x.shape[-2], kernel_size[0], stride[0], dilation[0])
     left, right = same_padding(x.shape[-1], kernel_size[1], stride[1], dilation[1])
-    if top or bottom or left or right:
+    if torch.jit.is_tracing() or top or bottom or left or right:  # a traced graph pads for any size
         x = F.pad(x, (left, right, top, bottom), value=value)
     return x
 
