@@ -5,14 +5,20 @@
   temporary files such a kill leaves are removed when the next run starts;
 - the incompatible keys of the last weights loaded (``incompatible``), which detectron2 only logs;
 - a loud warning when a learnable GE module sits in a frozen stage and the checkpoint has no weights
-  for it (GE_SPEC.md: it would stay a fixed random gate for the whole run).
+  for it (GE_SPEC.md: it would stay a fixed random gate for the whole run);
+- weights read as data (ge_detectron.safe_load): a ``.pkl`` builds only numpy arrays and plain values, a
+  ``.pth`` goes through ``torch.load(..., weights_only=True)``; a file needing anything else is an
+  UnsafeFileError. Every MODEL.WEIGHTS / ``train.init_checkpoint``, ``--resume``, predict, export and
+  analysis load goes through here.
 """
 import logging
 import os
 
 from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import Checkpointer
 
 from .atomic import AtomicFile, abandoned_temporary_name
+from .safe_load import load_pickle, load_torch
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +44,30 @@ def frozen_random_ge_parameters(model, missing_keys):
     return [name for name, p in model.named_parameters() if ".ge." in name and not p.requires_grad and name in missing]
 
 
-class GECheckpointer(DetectionCheckpointer):
+def model_zoo_checkpoint(data):
+    """The checkpoint detectron2's DetectionCheckpointer makes of a ``.pkl``'s content: a detectron2 model-zoo
+    or converted file (``{"model": ..., "__author__": ...}``) as it is; else a Caffe2 / Detectron1 file (its
+    ``blobs``, or the top-level dict for ImageNet models, without the ``*_momentum`` blobs), to be renamed by
+    detectron2's Caffe2 name matching."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a weights .pkl holds a dict of arrays, not a {type(data).__name__}.")
+    if "model" in data and "__author__" in data:
+        return data
+    blobs = data.get("blobs", data)
+    return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")}, "__author__": "Caffe2",
+            "matching_heuristics": True}
+
+
+class _WeightsOnlyTorchLoad(Checkpointer):
+    """fvcore's Checkpointer reading ``.pth`` files with ``load_torch`` (weights_only). GECheckpointer lists it
+    after DetectionCheckpointer, so it is what DetectionCheckpointer's ``super()._load_file`` reaches, on
+    detectron2 0.6 (``_load_file``) and main (``_torch_load``) alike."""
+
+    def _load_file(self, filename):
+        return load_torch(filename, filename)
+
+
+class GECheckpointer(DetectionCheckpointer, _WeightsOnlyTorchLoad):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.path_manager = _AtomicWrites(self.path_manager)
@@ -54,6 +83,18 @@ class GECheckpointer(DetectionCheckpointer):
             if final is not None and (final == "last_checkpoint" or final.endswith(".pth")):
                 os.remove(os.path.join(self.save_dir, name))
                 logger.info(f"Removed {name} from {self.save_dir}: the unfinished write of a process that was stopped.")
+
+    def _load_file(self, filename):
+        """A ``.pkl`` through ``load_pickle`` (detectron2 would ``pickle.load`` it), the rest as detectron2
+        reads it, which for ``.pth`` ends in ``_WeightsOnlyTorchLoad``."""
+        if filename.endswith(".pkl"):
+            with open(filename, "rb") as f:  # a local path: fvcore's load() has resolved it
+                data = load_pickle(f, filename)
+            checkpoint = model_zoo_checkpoint(data)
+            if checkpoint["__author__"] != "Caffe2":
+                self.logger.info(f"Reading a file from {checkpoint['__author__']!r}")
+            return checkpoint
+        return super()._load_file(filename)
 
     def _load_model(self, checkpoint):
         incompatible = self.incompatible = super()._load_model(checkpoint)
