@@ -11,7 +11,7 @@ PACKAGE = os.path.join(REPO, "ge_detectron")
 # The layers, lowest first; a module belongs to the layer of the longest prefix its path (relative to
 # ge_detectron/, without ".py") equals or lies under. "_C" is the compiled extension (csrc/).
 LAYERS = [
-    ("base", ["atomic", "compat", "evaluation", "launch", "benchmark"]),
+    ("base", ["atomic", "compat", "evaluation", "launch", "benchmark", "safe_load"]),
     ("ops", ["ops", "_C"]),
     ("layers", ["layers"]),
     ("builder arguments", ["modeling/arguments"]),

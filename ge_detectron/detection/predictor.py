@@ -23,6 +23,7 @@ from ..checkpoint import load_weights
 from ..data import check_num_classes, dataset_categories
 from ..data.sanitize import UNREADABLE_IMAGE_ERRORS
 from ..launch import check_device
+from ..safe_load import UnsafeFileError
 from .lazy import LazyDetection
 from .trainer import YAMLDetection
 
@@ -90,6 +91,8 @@ def load_trained_weights(model, weights, config_file):
     loader_log.setLevel(logging.ERROR)
     try:
         incompatible = load_weights(model, weights)
+    except UnsafeFileError as e:  # it names what the file refers to
+        raise PredictError(str(e)) from None
     except Exception as e:  # a truncated, foreign or unreachable file: say which
         raise PredictError(f"cannot load weights {weights!r}: {type(e).__name__}: {e}") from None
     finally:
