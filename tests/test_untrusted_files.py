@@ -1,5 +1,5 @@
-"""Files from outside are data (issue 29): crafted weights (.pkl, .pth) and exported-model specs whose payload
-would create a marker file are refused with one line and the marker never appears; the weights files that
+"""Files from outside are data (issue 29): crafted weights (.pkl, .pth), exported-model specs and YAML configs
+whose payload would create a marker file are refused with one line and the marker never appears; the weights files that
 MODEL.WEIGHTS takes (MSRA's Caffe2 R-50.pkl, detectron2 model-zoo .pkl files, converted files) still load;
 an image whose header claims more pixels than PIL decodes (a decompression bomb) is skipped with one line
 naming it, and the other images are predicted, evaluated, trained on and analysed."""
@@ -26,6 +26,7 @@ from PIL import Image
 
 from ge_detectron.analysis import image_folder_loader
 from ge_detectron.checkpoint import GECheckpointer
+from ge_detectron.config import GEConfigError, get_ge_cfg
 from ge_detectron.data.sanitize import SkipUnreadableImages, build_sanitized_test_loader
 from ge_detectron.detection.cli import run_predict
 from ge_detectron.detection.trainer import YAMLDetection
@@ -338,3 +339,13 @@ def test_feature_analysis_leaves_a_decompression_bomb_out(tmp_path, caplog):
     assert [labels.tolist() for _, labels in loader] == [[0, 1]]
     assert any(f"Skipped unreadable image '{tmp_path / 'a' / '0.png'}' (DecompressionBombError" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_yaml_config_that_would_run_code_is_a_one_line_error(tmp_path, marker):
+    path = tmp_path / "config.yaml"
+    path.write_text(f'_BASE_: "{DEMO}"\nMODEL:\n  WEIGHTS: !!python/object/apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(GEConfigError) as error:
+        get_ge_cfg(str(path))
+    assert str(error.value).startswith(f"config file '{path}' is not plain YAML data, it was not loaded: could not "
+                                       "determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'")
+    assert "\n" not in str(error.value)
