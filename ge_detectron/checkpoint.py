@@ -49,11 +49,11 @@ def model_zoo_checkpoint(data):
     or converted file (``{"model": ..., "__author__": ...}``) as it is; else a Caffe2 / Detectron1 file (its
     ``blobs``, or the top-level dict for ImageNet models, without the ``*_momentum`` blobs), to be renamed by
     detectron2's Caffe2 name matching."""
-    if not isinstance(data, dict):
-        raise ValueError(f"a weights .pkl holds a dict of arrays, not a {type(data).__name__}.")
+    blobs = data.get("blobs", data) if isinstance(data, dict) else data
+    if not isinstance(blobs, dict):
+        raise ValueError(f"a weights .pkl holds a dict of arrays, not a {type(blobs).__name__}.")
     if "model" in data and "__author__" in data:
         return data
-    blobs = data.get("blobs", data)
     return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")}, "__author__": "Caffe2",
             "matching_heuristics": True}
 

@@ -170,9 +170,9 @@ def train_or_exit(trainer):
     try:
         return trainer.train()
     except OSError as e:
-        if not _is_reported_fault(e):
-            raise
         full = _first_disk_full(e)
+        if full is None:
+            raise
         _discard_unwritable_log_tail()
         last = trainer.checkpointer.get_checkpoint_file() or "none was written yet"
         raise SystemExit(f"error: training stopped at iteration={trainer.iter}, the disk is full: cannot write "
