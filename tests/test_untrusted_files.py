@@ -21,18 +21,18 @@ from detectron2.data import transforms as T
 from detectron2.data.common import MapDataset
 from detectron2.export.flatten import flatten_to_tuple
 from detectron2.structures import Boxes, Instances
-from helpers import DEMO, REPO, TINY, shapes_root
+from helpers import DEMO, PRETRAIN_DEMO, REPO, TINY, TINY_PRETRAIN, shapes_root
 from PIL import Image
 
-from ge_detectron.analysis import image_folder_loader
+from ge_detectron.analysis import AnalysisError, image_folder_loader, load_classifier
 from ge_detectron.checkpoint import GECheckpointer
 from ge_detectron.config import GEConfigError, get_ge_cfg
 from ge_detectron.data.sanitize import SkipUnreadableImages, build_sanitized_test_loader
 from ge_detectron.detection.cli import run_predict
 from ge_detectron.detection.trainer import YAMLDetection
-from ge_detectron.export.predictor import ExportedPredictor
 from ge_detectron.export.schema import schema_from_json, schema_to_json
 from ge_detectron.export.tracing import augmentations_from_json, augmentations_to_json
+from ge_detectron.pretrain import get_pretrain_cfg
 from ge_detectron.pretrain.convert import load_state_dict
 from ge_detectron.safe_load import UnsafeFileError
 
@@ -144,6 +144,22 @@ def test_weights_that_would_run_code_are_refused_by_the_checkpointer(kind, tmp_p
         "numbers, strings and plain containers are read from weights files). Use weights from a source you trust, "
         "saved as tensors or arrays.")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_resume_from_a_last_checkpoint_that_would_run_code_is_refused(tmp_path, marker):
+    crafted_pth(tmp_path / "model_0000009.pth", marker)
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    with pytest.raises(UnsafeFileError, match="model_0000009.pth was not loaded: it refers to posix.system"):
+        GECheckpointer(TwoConvs(), save_dir=str(tmp_path)).resume_or_load("", resume=True)
+
+
+def test_feature_analysis_of_weights_that_would_run_code_is_a_one_line_error(tmp_path, marker):
+    weights = crafted_pth(tmp_path / "classifier.pth", marker)
+    cfg = get_pretrain_cfg(PRETRAIN_DEMO, [*TINY_PRETRAIN, "MODEL.WEIGHTS", str(weights)])
+    with pytest.raises(AnalysisError) as error:
+        load_classifier(cfg)
+    assert str(error.value).startswith(f"{weights} was not loaded: it refers to posix.system, which is code")
+    assert "\n" not in str(error.value)
 
 
 def test_a_pth_that_would_run_code_is_refused_by_the_weights_converter(tmp_path, marker):
