@@ -406,7 +406,7 @@ FUZZED_FILES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=timedelta(seconds=10), derandomize=True, database=None,
+@settings(max_examples=300, deadline=timedelta(seconds=60), derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(data=FUZZED_FILES)
 def test_the_ckpt_reader_under_fuzzing_returns_tensors_or_one_line_error_in_bounded_memory(data, tmp_path_factory):
