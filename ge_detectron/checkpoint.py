@@ -9,15 +9,21 @@
   inserted as the identity (``modeling.insert_missing_ge_as_identity``), logged once per load;
 - a loud warning when a learnable GE module sits in a frozen stage and the checkpoint has no weights
   for it, unless it was inserted as the identity (GE_SPEC.md: it would stay a fixed random gate for the
-  whole run).
+  whole run);
+- weights read as data (ge_detectron.safe_load): a ``.pkl`` builds only numpy arrays and plain values, a
+  ``.pth`` goes through ``torch.load(..., weights_only=True)``; a file needing anything else is an
+  UnsafeFileError. Every MODEL.WEIGHTS / ``train.init_checkpoint``, ``--resume``, predict, export and
+  analysis load goes through here.
 """
 import logging
 import os
 
 from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import Checkpointer
 
 from .atomic import AtomicFile, abandoned_temporary_name
 from .modeling import insert_missing_ge_as_identity
+from .safe_load import load_pickle, load_torch
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,30 @@ def frozen_random_ge_parameters(model, missing_keys):
     return [name for name, p in model.named_parameters() if ".ge." in name and not p.requires_grad and name in missing]
 
 
-class GECheckpointer(DetectionCheckpointer):
+def model_zoo_checkpoint(data):
+    """The checkpoint detectron2's DetectionCheckpointer makes of a ``.pkl``'s content: a detectron2 model-zoo
+    or converted file (``{"model": ..., "__author__": ...}``) as it is; else a Caffe2 / Detectron1 file (its
+    ``blobs``, or the top-level dict for ImageNet models, without the ``*_momentum`` blobs), to be renamed by
+    detectron2's Caffe2 name matching."""
+    blobs = data.get("blobs", data) if isinstance(data, dict) else data
+    if not isinstance(blobs, dict):
+        raise ValueError(f"a weights .pkl holds a dict of arrays, not a {type(blobs).__name__}.")
+    if "model" in data and "__author__" in data:
+        return data
+    return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")}, "__author__": "Caffe2",
+            "matching_heuristics": True}
+
+
+class _WeightsOnlyTorchLoad(Checkpointer):
+    """fvcore's Checkpointer reading ``.pth`` files with ``load_torch`` (weights_only). GECheckpointer lists it
+    after DetectionCheckpointer, so it is what DetectionCheckpointer's ``super()._load_file`` reaches, on
+    detectron2 0.6 (``_load_file``) and main (``_torch_load``) alike."""
+
+    def _load_file(self, filename):
+        return load_torch(filename, filename)
+
+
+class GECheckpointer(DetectionCheckpointer, _WeightsOnlyTorchLoad):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.path_manager = _AtomicWrites(self.path_manager)
@@ -74,6 +103,18 @@ class GECheckpointer(DetectionCheckpointer):
                     "had no GE weights for: %s.", len(inserted), ", ".join(f"{s} ({n})" for s, n in stages.items()))
         prefixes = tuple(f"{name}.ge." for name in inserted)
         return [k for k in missing_keys if not k.startswith(prefixes)]
+
+    def _load_file(self, filename):
+        """A ``.pkl`` through ``load_pickle`` (detectron2 would ``pickle.load`` it), the rest as detectron2
+        reads it, which for ``.pth`` ends in ``_WeightsOnlyTorchLoad``."""
+        if filename.endswith(".pkl"):
+            with open(filename, "rb") as f:  # a local path: fvcore's load() has resolved it
+                data = load_pickle(f, filename)
+            checkpoint = model_zoo_checkpoint(data)
+            if checkpoint["__author__"] != "Caffe2":
+                self.logger.info(f"Reading a file from {checkpoint['__author__']!r}")
+            return checkpoint
+        return super()._load_file(filename)
 
     def _load_model(self, checkpoint):
         incompatible = self.incompatible = super()._load_model(checkpoint)

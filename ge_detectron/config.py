@@ -3,6 +3,7 @@ detectron2 config into the plain arguments of the GE modules (``ge_detectron.mod
 the YAML builders and the LazyConfigs construct the same functions with the same arguments."""
 import contextlib
 
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -162,13 +163,17 @@ def config_file_not_found(path):
 
 def merge_cfg(cfg, config_file=None, opts=()):
     """Merge a YAML file and ``KEY VALUE`` overrides into ``cfg``; a bad file, key or value raises
-    GEConfigError naming it."""
+    GEConfigError naming it. The file (and its ``_BASE_`` files) is read with ``yaml.safe_load``: detectron2
+    would fall back to ``yaml.unsafe_load``, which runs the Python a ``!!python/...`` tag names."""
     try:
         if config_file:
-            cfg.merge_from_file(config_file)
+            cfg.merge_from_file(config_file, allow_unsafe=False)
         cfg.merge_from_list(list(opts))
     except FileNotFoundError as e:
         raise config_file_not_found(e.filename or config_file) from None
+    except yaml.YAMLError as e:
+        raise GEConfigError(f"config file {config_file!r} is not plain YAML data, it was not loaded: "
+                            f"{' '.join(str(e).split())}") from None
     except (KeyError, ValueError, AssertionError) as e:
         raise GEConfigError(f"cannot merge config {config_file!r} with overrides {list(opts)}: {e}") from None
     return cfg

@@ -11,10 +11,14 @@ import math
 import os
 import pickle
 import struct
+import tracemalloc
+from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
@@ -358,3 +362,59 @@ def test_tool_reports_a_bad_file_in_one_line(tmp_path):
         run_convert_weights([str(path), str(tmp_path / "out.pkl")])
     assert "\n" not in str(error.value.code)
     assert not (tmp_path / "out.pkl").exists()
+
+# ---- the reader under fuzzing -----------------------------------------------------------------------------------
+def int64_varint(n):  # a protobuf int64: negative values as their 64-bit two's complement
+    return varint(n & (2 ** 64 - 1))
+
+
+def claimed_tensor(dims, tensor_type, content):
+    """A Checkpoint of one tensor whose dims (any int64) claim what they like, whatever the content's size."""
+    tensor = b"".join(varint(1 << 3) + int64_varint(d) for d in dims) + length_delimited(2, tensor_type.encode()) + \
+        length_delimited(3, content)
+    return length_delimited(1, value_proto("conv1.weight", tensor))
+
+
+FUZZ_SEED = checkpoint_bytes([("conv1.weight", (2, 3), "Float32", np.arange(3, dtype="<f4").tobytes()),
+                              ("conv1.weight", (2, 3), "Float32", np.arange(3, 6, dtype="<f4").tobytes()),
+                              ("bn1.gamma", (0,), "Float32", struct.pack("<f", 1.0)),
+                              ("global_step", (1,), "Int32", struct.pack("<i", 5))]) + b"crc_num123"
+
+
+def flipped(data, flips):
+    data = bytearray(data)
+    for position, bit in flips:
+        data[position % len(data)] ^= 1 << bit
+    return bytes(data)
+
+
+FUZZED_FILES = st.one_of(
+    st.integers(0, len(FUZZ_SEED) - 1).map(lambda n: FUZZ_SEED[:n]),  # truncations
+    st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 7)), min_size=1, max_size=8).map(
+        lambda flips: flipped(FUZZ_SEED, flips)),  # bit flips
+    st.binary(max_size=4096),  # random bytes
+    st.builds(claimed_tensor, st.lists(st.integers(-2 ** 63, 2 ** 63 - 1), max_size=5),
+              st.sampled_from(["Float32", "Float16", "Int64", "Bool", "Complex64"]), st.binary(max_size=64)),
+    st.builds(lambda field, size, payload: varint(field << 3 | 2) + varint(size) + payload,  # a huge claimed length
+              st.integers(1, 3), st.integers(2 ** 20, 2 ** 63 - 1), st.binary(max_size=64)),
+)
+
+
+@settings(max_examples=300, deadline=timedelta(seconds=60), derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=FUZZED_FILES)
+def test_the_ckpt_reader_under_fuzzing_returns_tensors_or_one_line_error_in_bounded_memory(data, tmp_path_factory):
+    """Truncations, bit flips, random bytes, dims or lengths that claim up to 2**63: the reader and the conversion
+    either read the file or raise MindSporeCheckpointError with one line, and never allocate more than a small
+    multiple of the file's size (numpy's and Python's allocations, traced)."""
+    path = tmp_path_factory.mktemp("fuzz") / "fuzzed.ckpt"
+    path.write_bytes(data)
+    tracemalloc.start()
+    try:
+        genet_checkpoint_to_pkl(str(path))
+    except MindSporeCheckpointError as e:
+        assert "\n" not in str(e) and str(path) in str(e)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 16 * len(data) + 4 * 2 ** 20  # sha256_of reads 1 MiB blocks

@@ -169,6 +169,7 @@ def test_divergence_stops_pretrain_net_before_a_non_finite_checkpoint(tmp_path):
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
     message = result.stderr.strip().splitlines()[-1]
     match = re.fullmatch(r"error: training stopped, (the loss is|the model's weights are) not finite: .*"
                          r"iteration=(\d+).* The last good checkpoint is kept: (.*)\. Lower SOLVER.BASE_LR .*", message)

@@ -211,6 +211,8 @@ def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkp
                                "SOLVER.BASE_LR", 1e12).wait()
     assert returncode != 0
     assert "error: training stopped, the loss is not finite" in log and "iteration=" in log
+    assert "Traceback" not in log, log[-3000:]  # detectron2's traceback of the fault is in log.txt only
+    assert "Traceback" in (tmp_path / "out" / "log.txt").read_text()
     last = (tmp_path / "out" / (tmp_path / "out" / "last_checkpoint").read_text())
     state = torch.load(last, map_location="cpu", weights_only=False)["model"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

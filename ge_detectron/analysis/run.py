@@ -12,10 +12,12 @@ from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..checkpoint import load_weights, weights_mismatch
+from ..data.classification import ImagesWithinPixelLimit
 from ..layers import GatherExcite
 from ..modeling.classifier import build_ge_classifier
 from ..pretrain.convert import detect_format, load_state_dict, torchvision_to_detectron2
 from ..pretrain.task import ClassificationTask
+from ..safe_load import UnsafeFileError
 from .figures import plot_gates, plot_pruning, plot_selectivity
 from .metrics import class_selectivity, collect_statistics, top1_accuracy
 from .progress import Progress
@@ -63,6 +65,8 @@ def load_classifier(cfg, allow_missing_head=False):
     task = ClassificationTask(classifier)  # the module tools/pretrain_net.py checkpoints
     try:
         incompatible = load_weights(task, _torchvision_as_pretraining_weights(weights))
+    except UnsafeFileError as e:  # it says what the file refers to
+        raise AnalysisError(str(e)) from None
     except Exception as e:  # torch.load / pickle errors of a file that is not a checkpoint
         raise AnalysisError(f"the weights {weights!r} cannot be read as a checkpoint ({type(e).__name__}): give a "
                             "tools/pretrain_net.py checkpoint, a torchvision state_dict or a converted .pkl.") from e
@@ -88,7 +92,7 @@ def image_folder_loader(root, transform, batch_size, num_classes, images_per_cla
     if len(classes) != num_classes:
         raise AnalysisError(f"{root!r} has {len(classes)} class folders but the model has {num_classes} classes: "
                             "give the folder of the classes it was trained on (e.g. the validation set).")
-    dataset = datasets.ImageFolder(root, transform, allow_empty=True)
+    dataset = datasets.ImageFolder(root, transform, is_valid_file=ImagesWithinPixelLimit(), allow_empty=True)
     labels = set(dataset.targets)
     empty = [c for i, c in enumerate(classes) if i not in labels]
     if empty:

@@ -7,6 +7,7 @@ status 1, not a traceback); launch (torchrun or detectron2's launch: ge_detectro
 train, resuming with ``--resume``, or evaluate with ``--eval-only``; end a faulty run with one line
 (engine.faults)."""
 import functools
+import sys
 
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
@@ -16,9 +17,10 @@ from .. import compat
 from ..checkpoint import GECheckpointer
 from ..detection import DetectionTrainer
 from ..detection.lazy import LazyTrainer
-from ..engine.faults import stop_on_full_disk_in_log_files, train_or_exit
+from ..engine.faults import keep_fault_tracebacks_off_the_console, stop_on_full_disk_in_log_files, train_or_exit
 from ..launch import check_launch_args, launch_from_args
 from ..pretrain import PretrainTrainer
+from ..safe_load import UnsafeFileError
 from .checks import exit_on_check_error
 
 __all__ = ["run_training_tool", "train_or_evaluate", "run_train_net", "run_lazyconfig_train_net", "run_pretrain_net"]
@@ -28,18 +30,23 @@ def train_or_evaluate(trainer_class, args):
     """What a training tool does in each process: the config of ``args``, detectron2's ``default_setup``
     and a log line of the compat fixes applied; with ``--eval-only``, ``trainer_class.test`` of the config's
     weights (the last checkpoint with ``--resume``); else train, resuming with ``--resume``, through
-    ``train_or_exit``."""
+    ``train_or_exit``. Weights that would run code when loaded (safe_load.UnsafeFileError) end the run with
+    one line."""
     config = trainer_class.task_adapter.from_args(args)
     default_setup(config.cfg, args)
     setup_logger(config.output_dir, distributed_rank=comm.get_rank(), name="ge_detectron")
     stop_on_full_disk_in_log_files()
+    keep_fault_tracebacks_off_the_console()
     compat.log_applied()
-    if args.eval_only:
-        model = trainer_class.build_model(config.cfg)
-        GECheckpointer(model, save_dir=config.output_dir).resume_or_load(config.weights, resume=args.resume)
-        return trainer_class.test(config.cfg, model)
-    trainer = trainer_class(config.cfg)
-    trainer.resume_or_load(resume=args.resume)
+    try:
+        if args.eval_only:
+            model = trainer_class.build_model(config.cfg)
+            GECheckpointer(model, save_dir=config.output_dir).resume_or_load(config.weights, resume=args.resume)
+            return trainer_class.test(config.cfg, model)
+        trainer = trainer_class(config.cfg)
+        trainer.resume_or_load(resume=args.resume)
+    except UnsafeFileError as e:
+        sys.exit(f"error: {e}")
     return train_or_exit(trainer)
 
 

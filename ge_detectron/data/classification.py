@@ -18,6 +18,7 @@ import torch
 from detectron2.data.build import worker_init_reset_seed
 from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
+from PIL import Image
 from torch.utils.data import default_collate
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
@@ -146,6 +147,29 @@ class ReadableImageFolder(datasets.ImageFolder):
             return self.transform(image), label
         raise InvalidDatasetError(f"{MAX_UNREADABLE_IN_A_ROW} images in a row could not be read from {self.root!r}: "
                                   "check the files (the warnings above name them).")
+
+
+class ImagesWithinPixelLimit:
+    """``is_valid_file`` of torchvision's ImageFolder: a file with an image extension whose header claims no
+    more pixels than PIL decodes (over twice ``Image.MAX_IMAGE_PIXELS``, ``Image.open`` raises
+    DecompressionBombError from the header: a decompression bomb). The others are skipped, each with a
+    warning that counts them; a file that is unreadable otherwise is kept, and fails when it is read."""
+
+    def __init__(self):
+        self.skipped = 0
+
+    def __call__(self, path):
+        if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+            return False
+        try:
+            with Image.open(path):
+                return True
+        except Image.DecompressionBombError as e:
+            self.skipped += 1
+            logger.warning(f"Skipped unreadable image {path!r} ({type(e).__name__}: {e}); {self.skipped} skipped so far.")
+            return False
+        except UNREADABLE_IMAGE_ERRORS:
+            return True
 
 
 def collate_readable(batch, image_shape):

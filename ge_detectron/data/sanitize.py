@@ -1,10 +1,13 @@
 """Bad data in detection datasets: annotations with unusable boxes are dropped at load time, and
-images that cannot be read are skipped by the training mapper, each with a warning that counts them."""
+images that cannot be read are skipped by the training mapper, each with a warning that counts them.
+Evaluation skips the images over PIL's pixel limit (``Image.MAX_IMAGE_PIXELS``; opening an image of more
+than twice as many pixels raises DecompressionBombError before anything is decoded) the same way, and
+evaluates the others."""
 import logging
 import math
 import traceback
 
-from detectron2.data import get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.structures import BoxMode
 from PIL import Image
@@ -19,6 +22,9 @@ logger = logging.getLogger(__name__)
 # an image over PIL's pixel limit DecompressionBombError; detectron2's SizeMismatchError (a ValueError)
 # is a file whose size is not the one annotated. Every loader here skips an image that raises one of them.
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# What a test mapper marks an image it skipped with (a dict, so that detectron2's MapDataset, which answers
+# None with another image, passes it on); the test loader leaves such items out of its batches.
+SKIPPED_IMAGE = "skipped_image"
 
 
 def _box_is_usable(annotation, width, height):
@@ -79,23 +85,24 @@ def _raised_reading_an_image(error):
 
 
 class SkipUnreadableImages:
-    """Wrap a dataset mapper: an image that cannot be read or decoded makes it return None, which
-    detectron2's MapDataset answers by sampling another image. Counts and warns (per worker)."""
+    """Wrap a dataset mapper: an image that cannot be read or decoded (``errors``) makes it return None,
+    which detectron2's MapDataset answers by sampling another image, or with ``mark`` ``{SKIPPED_IMAGE:
+    file name}``. Counts and warns (per worker)."""
 
-    def __init__(self, mapper):
-        self.mapper = mapper
+    def __init__(self, mapper, errors=UNREADABLE_IMAGE_ERRORS, mark=False):
+        self.mapper, self.errors, self.mark = mapper, errors, mark
         self.skipped = 0
 
     def __call__(self, dataset_dict):
         try:
             return self.mapper(dataset_dict)
-        except UNREADABLE_IMAGE_ERRORS as e:
+        except self.errors as e:
             if not _raised_reading_an_image(e):
                 raise
             self.skipped += 1
             logger.warning(f"Skipped unreadable image {dataset_dict.get('file_name')!r} ({type(e).__name__}: {e}); "
                            f"{self.skipped} skipped so far in this data loader worker.")
-            return None
+            return {SKIPPED_IMAGE: dataset_dict.get("file_name")} if self.mark else None
 
 
 def build_sanitized_train_loader(*args, mapper, **kwargs):
@@ -104,3 +111,31 @@ def build_sanitized_train_loader(*args, mapper, **kwargs):
     whose stream a checkpoint resumes (``build_resumable_train_loader``). Give it the records of
     ``load_detection_dataset_dicts``, which drops unusable boxes."""
     return build_resumable_train_loader(*args, mapper=SkipUnreadableImages(mapper), **kwargs)
+
+
+class _WithoutSkippedImages:
+    """A test data loader whose batches leave out the items its mapper marked SKIPPED_IMAGE (and batches left
+    empty); its length and attributes are the loader's."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            batch = [item for item in batch if SKIPPED_IMAGE not in item]
+            if batch:
+                yield batch
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+def build_sanitized_test_loader(*args, mapper, **kwargs):
+    """detectron2's ``build_detection_test_loader`` (same arguments: a cfg and dataset name, or plain ones as
+    in a LazyConfig's ``dataloader.test``) that skips the images over PIL's pixel limit with a warning
+    naming each and evaluates the others. Other unreadable images stop the evaluation, as in detectron2."""
+    skipping = SkipUnreadableImages(mapper, errors=(Image.DecompressionBombError,), mark=True)
+    return _WithoutSkippedImages(build_detection_test_loader(*args, mapper=skipping, **kwargs))

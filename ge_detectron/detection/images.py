@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..data.sanitize import UNREADABLE_IMAGE_ERRORS
 
-__all__ = ["IMAGE_EXTENSIONS", "PredictError", "list_inputs", "read_input", "model_input", "draw_detections",
+__all__ = ["IMAGE_EXTENSIONS", "PredictError", "ImageOverPixelLimit", "list_inputs", "read_input", "model_input", "draw_detections",
            "write_predictions"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -28,6 +28,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 class PredictError(ValueError):
     """A missing or unreadable input, missing weights, or weights that do not fit the config's model."""
+
+
+class ImageOverPixelLimit(PredictError):
+    """An input image with more pixels than PIL decodes (``Image.MAX_IMAGE_PIXELS``; above twice as many,
+    PIL raises DecompressionBombError from the header, before decoding): a decompression bomb."""
+
+    def __init__(self, path, error):
+        super().__init__(f"cannot read image {path!r}: {type(error).__name__}: {error}")
+        self.path, self.reason = path, f"{type(error).__name__}: {error}"
 
 
 def list_inputs(paths):
@@ -55,6 +64,8 @@ def read_input(path, image_format):
     """``path`` as an HWC uint8 array in ``image_format`` (detectron2's ``read_image``, EXIF orientation applied)."""
     try:
         return utils.read_image(path, format=image_format)
+    except Image.DecompressionBombError as e:
+        raise ImageOverPixelLimit(path, e) from None
     except UNREADABLE_IMAGE_ERRORS as e:
         raise PredictError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
 
@@ -90,12 +101,17 @@ def write_predictions(predictor, files, output_dir, score_threshold=0.5, json_pa
     """Predict every file; write ``output_dir/<stem>.png`` (the input with its detections at or above
     ``score_threshold``) and, with ``json_path``, all detections as COCO results (``image_id``: the input's
     position from 1, ``file_name``: its path; ``category_id``: the dataset's category id). Returns the
-    number of detections drawn per file."""
+    number of detections drawn per file. An image over PIL's pixel limit is skipped with a line naming it."""
     os.makedirs(output_dir, exist_ok=True)
-    results, drawn = [], {}
+    results, drawn, skipped = [], {}, 0
     id_of_class = [cid for cid, _ in predictor.categories] if predictor.categories else None
     for image_id, (path, name) in enumerate(zip(files, _output_names(files)), start=1):
-        image = read_input(path, predictor.image_format)
+        try:
+            image = read_input(path, predictor.image_format)
+        except ImageOverPixelLimit as e:
+            skipped += 1
+            log(f"Skipped unreadable image {path!r} ({e.reason}); {skipped} skipped so far.")
+            continue
         instances = predictor(image)
         picture = draw_detections(image, predictor.image_format, predictor.metadata, instances, score_threshold)
         Image.fromarray(picture).save(os.path.join(output_dir, name))

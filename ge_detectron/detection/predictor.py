@@ -15,6 +15,7 @@ from detectron2.data.catalog import Metadata
 from ..checkpoint import load_weights, weights_mismatch
 from ..data import check_num_classes, dataset_categories
 from ..launch import check_device
+from ..safe_load import UnsafeFileError
 from .images import PredictError, model_input
 from .lazy import LazyDetection
 from .trainer import YAMLDetection
@@ -36,6 +37,8 @@ def load_trained_weights(model, weights, config_file):
     loader_log.setLevel(logging.ERROR)
     try:
         incompatible = load_weights(model, weights)
+    except UnsafeFileError as e:  # it names what the file refers to
+        raise PredictError(str(e)) from None
     except Exception as e:  # a truncated, foreign or unreachable file: say which
         raise PredictError(f"cannot load weights {weights!r}: {type(e).__name__}: {e}") from None
     finally:

@@ -1,13 +1,13 @@
 """The YAML detection task (tools/train_net.py): ``YAMLDetection``, detectron2's
-DefaultTrainer builders with the training data through the bad-data handling of ``data/sanitize.py`` and
+DefaultTrainer builders with the training and test data through the bad-data handling of ``data/sanitize.py`` and
 COCO evaluation (box AP, and mask AP for Mask R-CNN); ``DetectionTrainer``, the trainer of it."""
 import os
 
-from detectron2.data import DatasetMapper, build_detection_test_loader
+from detectron2.data import DatasetMapper
 from detectron2.engine import DefaultTrainer
 
 from ..config import get_ge_cfg
-from ..data.sanitize import build_sanitized_train_loader, load_train_dataset_dicts
+from ..data.sanitize import build_sanitized_test_loader, build_sanitized_train_loader, load_train_dataset_dicts
 from ..engine import GETrainer, YAMLTaskAdapter
 from ..evaluation import build_coco_evaluator
 from .task_mixin import DetectionTaskMixin
@@ -39,7 +39,7 @@ class YAMLDetection(DetectionTaskMixin, YAMLTaskAdapter):
         return DatasetMapper(self.cfg, is_train=False)
 
     def build_test_loader(self, dataset_name=None):
-        return build_detection_test_loader(self.cfg, dataset_name)
+        return build_sanitized_test_loader(self.cfg, dataset_name, mapper=self.build_test_mapper())
 
     def test(self, model, evaluators=None):
         """DefaultTrainer's evaluation of every dataset in DATASETS.TEST, with COCOEvaluator."""

@@ -1,7 +1,9 @@
 """Faults that end a training run with one line instead of a traceback, the last complete checkpoint
 kept: a non-finite loss (detectron2's check before each optimizer step) or model state
 (``CheckFiniteState``, before each checkpoint is written), and a full disk while a checkpoint (written
-atomically: ge_detectron.atomic), the metrics or the log is written."""
+atomically: ge_detectron.atomic), the metrics or the log is written. detectron2's train loop logs every
+exception with its traceback before re-raising it; for these faults that traceback goes to the log file
+only, at DEBUG level, so the console ends with the one line (``keep_fault_tracebacks_off_the_console``)."""
 import errno
 import functools
 import logging
@@ -9,12 +11,13 @@ import os
 import sys
 
 import torch
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, TrainerBase
 from detectron2.utils.events import EventWriter
 
 from .resume import is_checkpoint_iteration
 
-__all__ = ["NonFiniteState", "CheckFiniteState", "name_write_errors", "stop_on_full_disk_in_log_files", "train_or_exit"]
+__all__ = ["NonFiniteState", "CheckFiniteState", "name_write_errors", "stop_on_full_disk_in_log_files",
+           "keep_fault_tracebacks_off_the_console", "train_or_exit"]
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -72,14 +75,22 @@ def name_write_errors(writers):
     return [_NamingWriteErrors(w) if hasattr(w, "_file_handle") else w for w in writers]
 
 
-def _log_files():
-    """The file handlers of detectron2's ``setup_logger`` (log.txt): StreamHandlers of a file."""
+def _handlers(console):
+    """The handlers of detectron2's ``setup_logger``: those writing to the console (stdout, stderr) if
+    ``console``, else its log files (log.txt): StreamHandlers of a file."""
     for name in ("detectron2", "ge_detectron", "fvcore"):
         for handler in logging.getLogger(name).handlers:
             stream = getattr(handler, "stream", None)
-            if isinstance(handler, logging.StreamHandler) and stream not in (sys.stdout, sys.stderr) and \
-                    isinstance(getattr(stream, "name", None), str):
+            if not isinstance(handler, logging.StreamHandler):
+                continue
+            if console and stream in (sys.stdout, sys.stderr):
                 yield handler
+            elif not console and stream not in (sys.stdout, sys.stderr) and isinstance(getattr(stream, "name", None), str):
+                yield handler
+
+
+def _log_files():
+    return _handlers(console=False)
 
 
 def _raise_if_disk_full(handler, record):
@@ -94,6 +105,37 @@ def stop_on_full_disk_in_log_files():
     instead of printing a traceback per log record and going on."""
     for handler in _log_files():
         handler.handleError = functools.partial(_raise_if_disk_full, handler)
+
+
+def _is_reported_fault(error):
+    """Whether ``train_or_exit`` turns ``error`` into its one-line message."""
+    return isinstance(error, FloatingPointError) or (isinstance(error, OSError) and _first_disk_full(error) is not None)
+
+
+class _FaultTracebackAtDebugLevel(logging.Filter):
+    """On detectron2's train loop logger: its "Exception during training:" record of a reported fault becomes
+    a DEBUG record marked ``reported_fault``, which the console handlers drop."""
+
+    def filter(self, record):
+        if record.exc_info and _is_reported_fault(record.exc_info[1]):
+            record.levelno, record.levelname, record.reported_fault = logging.DEBUG, "DEBUG", True
+        return True
+
+
+def _not_a_reported_fault(record):
+    return not getattr(record, "reported_fault", False)
+
+
+def keep_fault_tracebacks_off_the_console():
+    """Leave the traceback that detectron2's ``TrainerBase.train`` logs for a fault ``train_or_exit`` reports
+    (a non-finite loss or state, a full disk) to the log file, at DEBUG level; the console shows only the
+    message. Other exceptions keep their traceback everywhere. Call after detectron2's ``setup_logger``."""
+    train_loop = logging.getLogger(TrainerBase.__module__)
+    if not any(isinstance(f, _FaultTracebackAtDebugLevel) for f in train_loop.filters):
+        train_loop.addFilter(_FaultTracebackAtDebugLevel())
+    for handler in _handlers(console=True):
+        if _not_a_reported_fault not in handler.filters:
+            handler.addFilter(_not_a_reported_fault)
 
 
 def _discard_unwritable_log_tail():

@@ -14,6 +14,7 @@ from detectron2.data.catalog import Metadata
 from ..detection.images import PredictError, model_input
 from .exporter import spec_path
 from .schema import schema_from_json
+from .spec import SpecError
 from .tracing import augmentations_from_json, detector_postprocess
 
 __all__ = ["ExportedPredictor", "onnx_runner", "torchscript_runner"]
@@ -42,7 +43,8 @@ def torchscript_runner(path):
 class ExportedPredictor:
     """Predicts like ``detection.predictor.Predictor`` (``__call__(image) -> Instances`` at the image's size;
     ``image_format``, ``metadata``, ``categories``) with the exported file ``path`` (.onnx or .ts) and the
-    ``<file>.json`` beside it."""
+    ``<file>.json`` beside it. The JSON is read as data
+    (export.spec); a ``.ts`` file is TorchScript, a program: load only trusted ones."""
 
     def __init__(self, path):
         if not os.path.isfile(path):
@@ -50,13 +52,19 @@ class ExportedPredictor:
         if not os.path.isfile(spec_path(path)):
             raise PredictError(f"{spec_path(path)!r} is missing: it is written by tools/export_model.py beside "
                                f"{os.path.basename(path)}; export the model again.")
-        with open(spec_path(path)) as f:
-            self.spec = json.load(f)
+        try:  # all of the spec, before the model is loaded
+            with open(spec_path(path)) as f:
+                self.spec = json.load(f)
+            self.augmentations = T.AugmentationList(augmentations_from_json(self.spec["test_resize"]))
+            self.image_format = self.spec["input"]["image_format"]
+            self.outputs_schema = schema_from_json(self.spec["outputs_schema"])
+            names, ids = self.spec["class_names"], self.spec["category_ids"]
+        except SpecError as e:
+            raise PredictError(f"{spec_path(path)} was not used: {e}. Nothing was built from it.") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not the exporter's layout
+            raise PredictError(f"{spec_path(path)} is not a spec of tools/export_model.py ({type(e).__name__}: "
+                               f"{e}): export the model again.") from None
         self.run = onnx_runner(path) if path.endswith(".onnx") else torchscript_runner(path)
-        self.augmentations = T.AugmentationList(augmentations_from_json(self.spec["test_resize"]))
-        self.image_format = self.spec["input"]["image_format"]
-        self.outputs_schema = schema_from_json(self.spec["outputs_schema"])
-        names, ids = self.spec["class_names"], self.spec["category_ids"]
         self.metadata = Metadata(name=os.path.basename(path), thing_classes=names) if names else Metadata(name="unknown")
         self.categories = list(zip(ids, names)) if ids else None
 

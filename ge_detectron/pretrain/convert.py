@@ -8,10 +8,10 @@ detectron2's DetectionCheckpointer maps each name onto its suffix in the detecto
 """
 import re
 
-import torch
 from detectron2.modeling import build_model
 
 from ..checkpoint import load_weights
+from ..safe_load import load_torch
 
 # What a detection config must set to use torchvision weights (configs/faster_rcnn_ge_r50_torchvision.yaml):
 # torchvision puts the stride of a bottleneck's first block in its 3x3 conv and normalises RGB input in
@@ -59,8 +59,9 @@ def classifier_to_backbone_names(state_dict):
 
 
 def load_state_dict(path):
-    """The model state_dict in a ``.pth`` file: the file itself, or its "model" / "state_dict" entry."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    """The model state_dict in a ``.pth`` file: the file itself, or its "model" / "state_dict" entry. Read
+    with ``safe_load.load_torch`` (weights_only: UnsafeFileError for a file that refers to code)."""
+    data = load_torch(path, path)
     for key in ("model", "state_dict"):
         if isinstance(data.get(key), dict):
             return data[key]

@@ -139,6 +139,8 @@ def read_mindspore_checkpoint(path):
     pieces, heads = {}, {}
     previous = None
     for value in checkpoint.value:
+        if not isinstance(value.tag, str):  # protobuf hands a tag that is not UTF-8 over as bytes
+            raise MindSporeCheckpointError(f"{path} is truncated or corrupt: the tag {value.tag[:40]!r} is not UTF-8 text.")
         if not value.HasField("tensor"):
             raise MindSporeCheckpointError(f"{path}: {value.tag!r} holds no dense tensor (a MindSpore map tensor?); "
                                            "only dense tensors can be converted.")
@@ -156,6 +158,8 @@ def _to_array(path, tag, tensor, content):
         raise MindSporeCheckpointError(f"{path}: {tag!r} has tensor_type {tensor.tensor_type!r}, which is not one of "
                                        f"{', '.join(_DTYPES)}.")
     dims = tuple(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise MindSporeCheckpointError(f"{path}: {tag!r} has negative dims {list(dims)}: truncated or corrupt.")
     itemsize = np.dtype(dtype).itemsize
     if dims == (0,) and len(content) == itemsize:
         dims = ()  # MindSpore writes a scalar with dims [0]
