@@ -52,8 +52,9 @@ def run_training_tool(trainer_class, argv=None):
         config = system.from_args(args)
         config.check(args.eval_only)
         check_launch_args(args, config.device, config.total_batch_size, device_key=system.DEVICE,
-                          batch_key=system.BATCH)
+                          batch_key=system.BATCH, timeout=config.dist_timeout, timeout_key=system.DIST_TIMEOUT)
     except CHECK_ERRORS as e:
         sys.exit(f"error: {e}")
-    return launch_from_args(functools.partial(train_or_evaluate, trainer_class), args, config.device)
+    return launch_from_args(functools.partial(train_or_evaluate, trainer_class), args, config.device,
+                            config.dist_timeout)
 

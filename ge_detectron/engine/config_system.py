@@ -24,7 +24,8 @@ class ConfigSystem:
     - the run's settings: ``device``, ``output_dir``, ``weights`` (the weights to start from), ``max_iter``,
       ``total_batch_size``, ``amp`` (mixed precision asked for), ``eval_period``, ``log_period``,
       ``checkpointer_options`` (PeriodicCheckpointer's arguments: period, max_to_keep), ``ddp_options``
-      (create_ddp_model's arguments) and ``cuda_only_options()`` (those set that work only on CUDA);
+      (create_ddp_model's arguments), ``dist_timeout`` (the seconds a process waits for the others in a
+      collective before the run stops: engine.faults) and ``cuda_only_options()`` (those set that work only on CUDA);
     - the builders behind the trainer's ``build_*`` hooks: ``build_model()``, ``build_optimizer(model)``,
       ``build_train_loader()``, ``build_test_loader(dataset_name)``, ``build_lr_scheduler(optimizer)``, and
       ``test(model, evaluators)``, the evaluation's results ({} if the config has none);
@@ -32,6 +33,7 @@ class ConfigSystem:
     """
 
     DEVICE, BATCH, WEIGHTS = "MODEL.DEVICE", "SOLVER.IMS_PER_BATCH", "MODEL.WEIGHTS"
+    DIST_TIMEOUT = "GE_DIST.TIMEOUT"
     LR_ADVICE = "Lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS"  # what to change after a non-finite loss
     OVERRIDE = "{key} {value}"  # how an override is written on the command line
     TRAINER_STATE = "DefaultTrainer"  # the layout of the checkpointed trainer state (engine.resume.trainer_state)
@@ -76,6 +78,7 @@ class YAMLConfigSystem(ConfigSystem):
     log_period = 20  # DefaultTrainer's
     checkpointer_options = property(lambda self: {"period": self.cfg.SOLVER.CHECKPOINT_PERIOD})
     ddp_options = property(lambda self: {"broadcast_buffers": False})
+    dist_timeout = property(lambda self: self.cfg.GE_DIST.TIMEOUT)
 
     def cuda_only_options(self):
         return ["SOLVER.AMP.ENABLED"] if self.cfg.SOLVER.AMP.ENABLED else []
