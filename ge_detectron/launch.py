@@ -34,11 +34,11 @@ def check_device(device, device_key="MODEL.DEVICE"):
 
 
 def check_launch_args(args, device, total_batch_size, device_key="MODEL.DEVICE", batch_key="SOLVER.IMS_PER_BATCH",
-                      timeout=1800, timeout_key="GE_DIST.TIMEOUT"):
+                      timeout=None, timeout_key="GE_DIST.TIMEOUT"):
     """Raise ValueError, with what to do instead, for a process layout that cannot run on ``device`` with
-    ``total_batch_size`` images per step, or a process group ``timeout`` (seconds) that is not positive
-    (``device_key``, ``batch_key`` and ``timeout_key`` name the config keys holding them)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+    ``total_batch_size`` images per step, or a process group ``timeout`` (seconds; None: not checked) that is
+    not positive (``device_key``, ``batch_key`` and ``timeout_key`` name the config keys holding them)."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"{timeout_key} = {timeout!r} is invalid: the seconds a process waits for the others, > 0.")
     if under_torchrun() and "LOCAL_WORLD_SIZE" not in os.environ:
         raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK are set but LOCAL_WORLD_SIZE is not: start the "
@@ -56,7 +56,7 @@ def check_launch_args(args, device, total_batch_size, device_key="MODEL.DEVICE",
 
 def group_store(store):
     """``store`` (the one torchrun's env:// rendezvous reaches) under a prefix that no earlier process group of
-    the run used, with the generation it names.
+    the run used.
 
     torchrun keeps one store for the whole run (the agent's TCPStore at MASTER_PORT, or the c10d rendezvous
     store) and restarts the workers against it. gloo publishes each process's address under fixed keys and
@@ -66,8 +66,7 @@ def group_store(store):
     process of a group reads the same one, and a restarted group a new one. TORCHELASTIC_RESTART_COUNT
     cannot serve: each machine's agent counts its own restarts, and not the restarts another machine's
     failure caused."""
-    generation = store.add(GENERATION_KEY, 0)
-    return dist.PrefixStore(f"ge_detectron/group{generation}/", store), generation
+    return dist.PrefixStore(f"ge_detectron/group{store.add(GENERATION_KEY, 0)}/", store)
 
 
 def init_torchrun_process_group(device, timeout):
@@ -80,10 +79,9 @@ def init_torchrun_process_group(device, timeout):
         torch.cuda.set_device(local_rank)
     timeout = datetime.timedelta(seconds=timeout)
     store = next(dist.rendezvous("env://", timeout=timeout))[0]
-    prefixed, _ = group_store(store)
     try:
-        dist.init_process_group(backend="nccl" if on_cuda else "gloo", store=prefixed, rank=rank, world_size=world,
-                                timeout=timeout)
+        dist.init_process_group(backend="nccl" if on_cuda else "gloo", store=group_store(store), rank=rank,
+                                world_size=world, timeout=timeout)
         if hasattr(comm, "create_local_process_group"):  # detectron2 after 0.6
             comm.create_local_process_group(local_size)
         else:  # detectron2 0.6 has no function for it: what its launch() does itself
