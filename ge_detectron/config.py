@@ -14,8 +14,16 @@ class GEConfigError(ValueError):
     """An invalid ``MODEL.GE`` value; the message names the key, the value and what is allowed."""
 
 
+# The seconds a process waits for the others of a distributed run (a collective, the process group's forming)
+# before the run stops with a message (ge_detectron.engine.faults): torch's and detectron2's 30 minutes.
+DIST_TIMEOUT = 1800
+
+
 def add_ge_config(cfg):
-    """Add the ``MODEL.GE`` keys (documented in README.md) to a detectron2 config, in place."""
+    """Add the ``MODEL.GE`` keys and ``GE_DIST.TIMEOUT`` (documented in README.md) to a detectron2 config, in place."""
+    cfg.GE_DIST = CN()
+    # Seconds a process waits for the others (a collective, the process group's forming) before the run stops.
+    cfg.GE_DIST.TIMEOUT = DIST_TIMEOUT
     cfg.MODEL.GE = CN()
     # "none" (plain ResNet), "theta_minus" (GE-θ⁻), "theta" (GE-θ), "theta_plus" (GE-θ⁺) or "se".
     cfg.MODEL.GE.VARIANT = "none"

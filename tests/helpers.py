@@ -6,14 +6,20 @@ Run as a script, it is that subprocess harness: ``python tests/helpers.py TOOL A
 tools/train_net.py) with ARGS, and with the hooks that the environment asks for:
 
 - ``KILL_AFTER_ITERATION=N``: the process SIGKILLs itself after every hook of iteration N has run (the
-  checkpointer's among them): a kill at an exact point;
+  checkpointer's among them): a kill at an exact point, in the first run of the workers only (torchrun
+  restarts them with the same environment); with ``KILL_RANK=R`` only the process of rank R does, with
+  ``KILL_SIGNAL=SIGSTOP`` it stops itself instead (a process that hangs without closing its connections), and with ``KILL_RECORD=FILE`` it first writes to FILE (JSON) the inode, mtime (ns) and SHA-256 of
+  each file then in the output directory, so that a test can tell whether a later run rewrote them;
 - ``RANK_STATE_DIR=DIR``: after training, every process saves its model's final parameters and buffers
   (unwrapped from DDP, on the CPU) to ``DIR/rank{RANK}.pth``, so that a test can compare data-parallel
   processes' weights.
 """
+import hashlib
+import json
 import os
 import runpy
 import signal
+import socket
 import subprocess
 import sys
 
@@ -120,6 +126,13 @@ def class_folders(tmp_path, train_per_class=2, val_per_class=2):
     return tmp_path
 
 
+def free_port():
+    """A TCP port of 127.0.0.1 that no process listened on a moment ago (another may take it since)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class ToolRun:
     """``tool`` (a path under tools/) in a subprocess through this module's harness, its output going to
     ``log_path`` (a pipe nobody reads would block it); with ``kill_after``, SIGKILLed after that iteration's
@@ -172,12 +185,31 @@ def with_rank_state_saved(register_hooks, directory):
     return register
 
 
-def with_sigkill_after(after_step, iteration):
-    """``TrainerBase.after_step`` (every hook's after_step) followed by a SIGKILL at ``iteration``."""
+def file_records(directory):
+    """{name: [inode, mtime in ns, SHA-256]} of the files in ``directory``."""
+    records = {}
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                stat = os.stat(path)
+                records[name] = [stat.st_ino, stat.st_mtime_ns, hashlib.sha256(f.read()).hexdigest()]
+    return records
+
+
+def with_sigkill_after(after_step, iteration, rank=None, record=None, sig=signal.SIGKILL):
+    """``TrainerBase.after_step`` (every hook's after_step) followed by a SIGKILL (or ``sig``) at ``iteration``
+    (of the process of ``rank`` alone if given) unless torchrun restarted the process, after writing the
+    output directory's ``file_records`` to ``record``."""
+    first_run = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+
     def step(trainer):
         after_step(trainer)
-        if trainer.iter == iteration:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if first_run and trainer.iter == iteration and rank in (None, comm.get_rank()):
+            if record:
+                with open(record, "w") as f:
+                    json.dump(file_records(trainer.checkpointer.save_dir), f)
+            os.kill(os.getpid(), sig)
     return step
 
 
@@ -185,7 +217,11 @@ if __name__ == "__main__":
     if "RANK_STATE_DIR" in os.environ:
         TrainerBase.register_hooks = with_rank_state_saved(TrainerBase.register_hooks, os.environ["RANK_STATE_DIR"])
     if "KILL_AFTER_ITERATION" in os.environ:
-        TrainerBase.after_step = with_sigkill_after(TrainerBase.after_step, int(os.environ["KILL_AFTER_ITERATION"]))
+        rank = os.environ.get("KILL_RANK")
+        TrainerBase.after_step = with_sigkill_after(TrainerBase.after_step, int(os.environ["KILL_AFTER_ITERATION"]),
+                                                    rank=None if rank is None else int(rank),
+                                                    record=os.environ.get("KILL_RECORD"),
+                                                    sig=signal.Signals[os.environ.get("KILL_SIGNAL", "SIGKILL")])
     tool = sys.argv.pop(1)
     sys.argv[0] = tool
     runpy.run_path(tool, run_name="__main__")

@@ -6,25 +6,18 @@ loggers give rank 1 its own log file, ``log.txt.rank1``, and nothing else.
 Each process saves its final model state through a hook the test adds (tests/helpers.py run as a script)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import PAPER, TINY, TINY_C4, TINY_PRETRAIN, class_folders, shapes_root, tiny
+from helpers import PAPER, TINY, TINY_C4, TINY_PRETRAIN, class_folders, free_port, shapes_root, tiny
 
 pytestmark = pytest.mark.slow  # every test here trains or runs a subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 images per process and step (1 would be a batch of one 1x1 map in the BN of the E8 gather).
 DETECTION = [*TINY, "SOLVER.IMS_PER_BATCH", "4"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(tool, opts, tmp_path, env=None, run_opts=None):

@@ -192,6 +192,7 @@ def test_lazy_tool_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint
     (["train.max_iter"], r"override 'train.max_iter' is not key=value"),
     (["model.backbone.stages.ge_extent=6"], r"cannot build the model: ValueError: GatherExcite extent=6 is invalid"),
     (["model.backbone.stages.ge_stages=[res1]"], r"cannot build the model: ValueError: ge_stages=\['res1'\] is invalid"),
+    (["+train.dist_timeout=0"], r"train.dist_timeout = 0 is invalid: the seconds a process waits for the others, > 0\."),
     (["model.roi_heads.num_classes=80"],
      r"model.roi_heads.num_classes = 80 but dataset 'tiny_shapes_train' has 4 categories \(circle, square, triangle, "
      r"cross\): set model.roi_heads.num_classes to 4"),

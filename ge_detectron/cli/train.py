@@ -58,8 +58,9 @@ def run_training_tool(trainer_class, argv=None):
         config = adapter.from_args(args)
         config.check(args.eval_only)
         check_launch_args(args, config.device, config.total_batch_size, device_key=adapter.DEVICE,
-                          batch_key=adapter.BATCH)
-    return launch_from_args(functools.partial(train_or_evaluate, trainer_class), args, config.device)
+                          batch_key=adapter.BATCH, timeout=config.dist_timeout, timeout_key=adapter.DIST_TIMEOUT)
+    return launch_from_args(functools.partial(train_or_evaluate, trainer_class), args, config.device,
+                            config.dist_timeout)
 
 
 def run_train_net(argv=None):

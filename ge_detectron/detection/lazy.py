@@ -4,7 +4,7 @@ before any training process starts, and the task adapter of tools/lazyconfig_tra
 A LazyConfig has detectron2's top-level keys (configs/common in detectron2's model zoo): ``model``,
 ``dataloader`` (``train``, ``test``, ``evaluator``), ``optimizer``, ``lr_multiplier`` and ``train``
 (``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp``, ``ddp``, ``checkpointer``, ``eval_period``,
-``log_period``, ``device``, optionally ``seed``). ``LazyDetection`` reads them for ge_detectron.engine's
+``log_period``, ``device``, optionally ``seed`` and ``dist_timeout``). ``LazyDetection`` reads them for ge_detectron.engine's
 trainer: the hooks of upstream's tools/lazyconfig_train_net.py with the fault handling of the YAML tool
 (GECheckpointer's atomic checkpoints, exact resume, the non-finite stop) and, through the configs'
 ``dataloader.train``, the bad-data handling and resumable data stream of ge_detectron.data.sanitize.
@@ -20,7 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
-from ..config import GEConfigError, config_file_not_found
+from ..config import DIST_TIMEOUT, GEConfigError, config_file_not_found
 from ..engine import GETrainer, TaskAdapter
 from .task_mixin import DetectionTaskMixin
 
@@ -100,6 +100,7 @@ class LazyDetection(DetectionTaskMixin, TaskAdapter):
 
     DEVICE, BATCH, WEIGHTS = "train.device", "dataloader.train.total_batch_size", "train.init_checkpoint"
     LR, WARMUP = "optimizer.lr", "lr_multiplier.warmup_length"
+    DIST_TIMEOUT = "train.dist_timeout"
     TRAINER_STATE = "SimpleTrainer"
     load = staticmethod(load_lazy_config)
 
@@ -117,6 +118,8 @@ class LazyDetection(DetectionTaskMixin, TaskAdapter):
     log_period = property(lambda self: self.cfg.train.log_period)
     checkpointer_options = property(lambda self: dict(self.cfg.train.checkpointer))
     ddp_options = property(lambda self: dict(self.cfg.train.get("ddp", {})))
+    # not in detectron2's common/train.py: set it with +train.dist_timeout=SECONDS; the default is GE_DIST.TIMEOUT's
+    dist_timeout = property(lambda self: OmegaConf.select(self.cfg, "train.dist_timeout", default=DIST_TIMEOUT))
 
     @property
     def num_classes(self):

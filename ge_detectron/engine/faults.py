@@ -1,23 +1,26 @@
 """Faults that end a training run with one line instead of a traceback, the last complete checkpoint
 kept: a non-finite loss (detectron2's check before each optimizer step) or model state
 (``CheckFiniteState``, before each checkpoint is written), and a full disk while a checkpoint (written
-atomically: ge_detectron.atomic), the metrics or the log is written. detectron2's train loop logs every
+atomically: ge_detectron.atomic), the metrics or the log is written, and a lost peer (another process of
+a distributed run died or stopped answering within the process group's timeout). detectron2's train loop logs every
 exception with its traceback before re-raising it; for these faults that traceback goes to the log file
 only, at DEBUG level, so the console ends with the one line (``keep_fault_tracebacks_off_the_console``)."""
 import errno
 import functools
 import logging
 import os
+import re
 import sys
 
 import torch
+import torch.distributed as dist
 from detectron2.engine import HookBase, TrainerBase
 from detectron2.utils.events import EventWriter
 
 from .resume import is_checkpoint_iteration
 
 __all__ = ["NonFiniteState", "CheckFiniteState", "name_write_errors", "stop_on_full_disk_in_log_files",
-           "keep_fault_tracebacks_off_the_console", "train_or_exit"]
+           "keep_fault_tracebacks_off_the_console", "lost_peer", "train_or_exit"]
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -109,7 +112,8 @@ def stop_on_full_disk_in_log_files():
 
 def _is_reported_fault(error):
     """Whether ``train_or_exit`` turns ``error`` into its one-line message."""
-    return isinstance(error, FloatingPointError) or (isinstance(error, OSError) and _first_disk_full(error) is not None)
+    return (isinstance(error, FloatingPointError) or (isinstance(error, OSError) and _first_disk_full(error) is not None)
+            or (isinstance(error, RuntimeError) and lost_peer(error) is not None))
 
 
 class _FaultTracebackAtDebugLevel(logging.Filter):
@@ -128,7 +132,7 @@ def _not_a_reported_fault(record):
 
 def keep_fault_tracebacks_off_the_console():
     """Leave the traceback that detectron2's ``TrainerBase.train`` logs for a fault ``train_or_exit`` reports
-    (a non-finite loss or state, a full disk) to the log file, at DEBUG level; the console shows only the
+    (a non-finite loss or state, a full disk, a lost peer) to the log file, at DEBUG level; the console shows only the
     message. Other exceptions keep their traceback everywhere. Call after detectron2's ``setup_logger``."""
     train_loop = logging.getLogger(TrainerBase.__module__)
     if not any(isinstance(f, _FaultTracebackAtDebugLevel) for f in train_loop.filters):
@@ -161,14 +165,34 @@ def _first_disk_full(error):
     return next((e for e in full if e.filename), full[0] if full else None)
 
 
+def lost_peer(error):
+    """What a collective's error says when a peer process died or did not answer within the process group's
+    timeout (the first sentence of gloo's message, without its source location; NCCL's and the store's
+    errors are torch.distributed.DistErrors), or None for any other error."""
+    text = " ".join(str(error).split())
+    if not (isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo/transport/" in text)):
+        return None
+    return re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0].rstrip(".")
+
+
 def train_or_exit(trainer):
     """``trainer.train()``; a non-finite loss (detectron2 checks the losses before each optimizer step and
     raises FloatingPointError naming the iteration) or a non-finite model state at a checkpoint
     (CheckFiniteState) end the run with SystemExit and a message that names the iteration, the last
     good checkpoint, which is kept, and the options to change (the task adapter's ``LR`` and ``WARMUP``). So does
-    a full disk, naming the file that could not be written."""
+    a full disk, naming the file that could not be written, and a lost peer (``lost_peer``): under
+    torchrun with --max-restarts that exit makes the agent restart the workers, which resume."""
     try:
         return trainer.train()
+    except RuntimeError as e:
+        reason = lost_peer(e)
+        if reason is None:
+            raise
+        last = trainer.checkpointer.get_checkpoint_file() or "none was written yet"
+        raise SystemExit(f"error: training stopped at iteration={trainer.iter}, another process of the distributed "
+                         f"run died or stopped answering ({reason}). The last complete checkpoint is kept: {last}. "
+                         "Run again with --resume; under torchrun --max-restarts N the workers restart and resume "
+                         "by themselves.") from None
     except OSError as e:
         full = _first_disk_full(e)
         if full is None:

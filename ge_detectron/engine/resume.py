@@ -1,7 +1,9 @@
 """Everything a checkpoint needs to resume a run exactly, on detectron2 0.6 and main alike: the trainer
 state's format, the data stream position and random generators (``ExactResumeState``, with the
-resumable stream of ge_detectron.data.resumable), and the warning for a checkpoint that lacks part of it."""
+resumable stream of ge_detectron.data.resumable), the warning for a checkpoint that lacks part of it, and
+the resume of workers that torchrun restarted (``torchrun_restart``)."""
 import logging
+import os
 import random
 
 import numpy as np
@@ -12,7 +14,7 @@ from detectron2.utils import comm
 from ..data.resumable import ResumableLoader
 
 __all__ = ["ExactResumeState", "rng_state", "set_rng_state", "is_checkpoint_iteration", "trainer_state",
-           "load_trainer_state", "warn_if_resume_is_inexact"]
+           "load_trainer_state", "warn_if_resume_is_inexact", "torchrun_restart", "log_restart"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,23 @@ def warn_if_resume_is_inexact(start_iter, optimizer_restored, stream_restored, w
                        f"{' and no '.join(missing)}: training resumes at iteration {start_iter} with its {kept} "
                        "but will not equal an uninterrupted run. To start over instead, run without --resume, "
                        f"with {weights_option} set to the checkpoint to keep its weights. !!!")
+
+
+def torchrun_restart():
+    """How many times torchrun's agent has restarted this machine's workers (TORCHELASTIC_RESTART_COUNT;
+    0 without torchrun). Restarted workers have the first ones' command line: they resume as --resume would."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def log_restart(restart, checkpoint, start_iter, output_dir):
+    """The one line saying where restarted workers (``restart``: torchrun_restart()) continue: from
+    ``checkpoint`` (None: the output directory holds none) at ``start_iter``."""
+    if checkpoint:
+        logger.info(f"torchrun restarted the workers (restart {restart}): resuming from {checkpoint} at "
+                    f"iteration {start_iter}.")
+    else:
+        logger.info(f"torchrun restarted the workers (restart {restart}): no checkpoint in {output_dir} yet, "
+                    "training starts over at iteration 0.")
 
 
 def is_checkpoint_iteration(iteration, period, max_iter):
@@ -122,6 +141,8 @@ class ExactResumeState(HookBase):
             logger.warning("The random generators are not restored: the checkpoint holds none.")
         elif len(rngs) != comm.get_world_size():
             logger.warning(f"The random generators are not restored: the checkpoint was written by {len(rngs)} "
-                           f"processes, this run has {comm.get_world_size()}.")
+                           f"processes, this run has {comm.get_world_size()}. Training resumes with the config "
+                           "scaled to this run's processes (detectron2's SOLVER.REFERENCE_WORLD_SIZE, when set) but "
+                           "is not bit-identical to an uninterrupted run.")
         else:
             self.pending_rng = rngs[comm.get_rank()]

@@ -25,7 +25,8 @@ class TaskAdapter:
     - the run's settings: ``device``, ``output_dir``, ``weights`` (the weights to start from), ``max_iter``,
       ``total_batch_size``, ``amp`` (mixed precision asked for), ``eval_period``, ``log_period``,
       ``checkpointer_options`` (PeriodicCheckpointer's arguments: period, max_to_keep), ``ddp_options``
-      (create_ddp_model's arguments) and ``cuda_only_options()`` (those set that work only on CUDA);
+      (create_ddp_model's arguments), ``dist_timeout`` (the seconds a process waits for the others in a
+      collective before the run stops: engine.faults) and ``cuda_only_options()`` (those set that work only on CUDA);
     - the builders behind the trainer's ``build_*`` hooks: ``build_model()``, ``build_optimizer(model)``,
       ``build_train_loader()``, ``build_test_loader(dataset_name)``, ``build_lr_scheduler(optimizer)``, and
       ``test(model, evaluators)``, the evaluation's results ({} if the config has none);
@@ -34,6 +35,7 @@ class TaskAdapter:
 
     DEVICE, BATCH, WEIGHTS = "MODEL.DEVICE", "SOLVER.IMS_PER_BATCH", "MODEL.WEIGHTS"
     LR, WARMUP = "SOLVER.BASE_LR", "SOLVER.WARMUP_ITERS"  # the base learning rate and the warmup length
+    DIST_TIMEOUT = "GE_DIST.TIMEOUT"
     TRAINER_STATE = "DefaultTrainer"  # the layout of the checkpointed trainer state (engine.resume.trainer_state)
 
     def __init__(self, cfg):
@@ -81,6 +83,7 @@ class YAMLTaskAdapter(TaskAdapter):
     log_period = 20  # DefaultTrainer's
     checkpointer_options = property(lambda self: {"period": self.cfg.SOLVER.CHECKPOINT_PERIOD})
     ddp_options = property(lambda self: {"broadcast_buffers": False})
+    dist_timeout = property(lambda self: self.cfg.GE_DIST.TIMEOUT)
 
     def cuda_only_options(self):
         return ["SOLVER.AMP.ENABLED"] if self.cfg.SOLVER.AMP.ENABLED else []

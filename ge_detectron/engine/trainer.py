@@ -9,7 +9,8 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import GECheckpointer
 from .faults import CheckFiniteState, name_write_errors
-from .resume import ExactResumeState, load_trainer_state, trainer_state, warn_if_resume_is_inexact
+from .resume import (ExactResumeState, load_trainer_state, log_restart, torchrun_restart, trainer_state,
+                     warn_if_resume_is_inexact)
 
 __all__ = ["GETrainer"]
 
@@ -105,14 +106,19 @@ class GETrainer(DefaultTrainer):
         return self.config.verify_results(getattr(self, "_last_eval_results", None))
 
     def resume_or_load(self, resume=True):
-        """Resume from the output directory's last checkpoint if ``resume`` and there is one, else load the
-        config's weights and start at iteration 0. Temporary files that a process killed while saving left
-        in the output directory are removed first."""
+        """Resume from the output directory's last checkpoint if ``resume`` (or if torchrun restarted the
+        workers, saying so in one line) and there is one, else load the config's weights and start at
+        iteration 0. Temporary files that a process killed while saving left in the output directory are
+        removed first."""
         if comm.is_main_process():
             self.checkpointer.remove_stale_temporary_files()
+        restart = torchrun_restart()
+        resume = resume or restart > 0
         self.checkpointer.resume_or_load(self.config.weights, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
+        if restart:
+            log_restart(restart, self.checkpointer.get_checkpoint_file(), self.start_iter, self.config.output_dir)
 
     def state_dict(self):
         return trainer_state(self, self.config.TRAINER_STATE)
