@@ -5,7 +5,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .recording import channel_gates, gate_logits_module
+from .recording import channel_gates, forward_hooks, gate_logits_module
 
 PRUNE_ORDERS = ("asc", "des")
 
@@ -33,11 +33,8 @@ def prune_by_gate(ge, ratio, order="asc"):
         mask = pruned_channels(channel_gates(logits), ratio, order)
         return logits.masked_fill(mask[:, :, None, None], float("-inf"))
 
-    handle = gate_logits_module(ge).register_forward_hook(hook)
-    try:
+    with forward_hooks([(gate_logits_module(ge), hook)]):
         yield
-    finally:
-        handle.remove()
 
 
 @contextlib.contextmanager
@@ -47,8 +44,5 @@ def remove_residual_branch(block):
         x = inputs[0]
         return F.relu(module.shortcut(x) if module.shortcut is not None else x)
 
-    handle = block.register_forward_hook(hook)
-    try:
+    with forward_hooks([(block, hook)]):
         yield
-    finally:
-        handle.remove()

@@ -12,21 +12,36 @@ def _spatial_mean(t):
 
 
 @contextlib.contextmanager
+def forward_hooks(hooks):
+    """While active, every ``(module, hook)`` of ``hooks`` is a forward hook of its module."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _record_outputs(modules, summary):
+    """Forward hooks on ``modules`` (name -> module); yields a dict that holds, after each forward, ``summary``
+    of every module's output."""
+    records = {}
+
+    def recorder(name):
+        def hook(module, inputs, output):
+            records[name] = summary(output)
+        return hook
+
+    with forward_hooks((module, recorder(name)) for name, module in modules.items()):
+        yield records
+
+
 def record_block_outputs(blocks):
     """Forward hooks on ``blocks`` (name -> module); yields a dict that holds, after each forward, every
     block's output averaged over space, (N, C) float32. A bottleneck's output is taken after its final
     ReLU, so these are the non-negative activities that ``class_selectivity`` expects."""
-    records = {}
-
-    def hook(name, module, inputs, output):
-        records[name] = _spatial_mean(output)
-
-    handles = [block.register_forward_hook(lambda m, i, o, n=name: hook(n, m, i, o)) for name, block in blocks.items()]
-    try:
-        yield records
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _record_outputs(blocks, _spatial_mean)
 
 
 def gate_logits_module(ge):
@@ -45,19 +60,7 @@ def channel_gates(logits):
     return torch.sigmoid(logits.detach().float()).mean(dim=(2, 3))
 
 
-@contextlib.contextmanager
 def record_gates(ge_modules):
     """Forward hooks on the gate logits of ``ge_modules`` (name -> GatherExcite); yields a dict that holds,
     after each forward, every module's ``channel_gates``, (N, C) float32."""
-    records = {}
-
-    def hook(name, module, inputs, logits):
-        records[name] = channel_gates(logits)
-
-    handles = [gate_logits_module(ge).register_forward_hook(lambda m, i, o, n=name: hook(n, m, i, o))
-               for name, ge in ge_modules.items()]
-    try:
-        yield records
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _record_outputs({name: gate_logits_module(ge) for name, ge in ge_modules.items()}, channel_gates)
