@@ -6,6 +6,7 @@ import contextlib
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .config_files import resolve_config_file
 from .layers import check_gather_excite_args, check_ge_resnet_args, check_stem_args
 
 
@@ -150,7 +151,9 @@ def ge_classifier_args(cfg):
 
 def config_file_not_found(path):
     """The GEConfigError of a config file (YAML, its ``_BASE_``, or a LazyConfig) that does not exist."""
-    return GEConfigError(f"config file not found: {path!r}.")
+    return GEConfigError(f"config file not found: {path!r} (neither a file nor a model-zoo name; "
+                         "`python -c 'from ge_detectron import model_zoo; print(model_zoo.list_configs())'` lists "
+                         "the names).")
 
 
 def merge_cfg(cfg, config_file=None, opts=()):
@@ -158,7 +161,7 @@ def merge_cfg(cfg, config_file=None, opts=()):
     GEConfigError naming it."""
     try:
         if config_file:
-            cfg.merge_from_file(config_file)
+            cfg.merge_from_file(resolve_config_file(config_file))
         cfg.merge_from_list(list(opts))
     except FileNotFoundError as e:
         raise config_file_not_found(e.filename or config_file) from None
