@@ -23,5 +23,4 @@ from .modeling import (  # noqa: E402
     make_ge_stage,
 )
 from .modeling import GEClassifier, build_ge_classifier  # noqa: E402
-
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402

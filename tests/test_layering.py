@@ -16,7 +16,8 @@ TOOLS = os.path.join(REPO, "tools")
 # docs/design.md's map, lowest first; a module belongs to the layer of the longest prefix its path (relative to
 # ge_detectron/, without ".py") equals or lies under. "_C" is the compiled extension (csrc/).
 LAYERS = [
-    ("base", ["atomic", "compat", "coco_eval", "evaluation", "launch", "benchmark", "checkpoint", "config_files"]),
+    ("base", ["atomic", "compat", "coco_eval", "evaluation", "launch", "benchmark", "checkpoint", "config_files",
+              "version"]),
     ("ops", ["ops", "_C"]),
     ("layers", ["layers"]),
     ("config", ["config"]),
