@@ -6,6 +6,7 @@ from detectron2.config import CfgNode
 
 from ge_detectron import GEConfigError, model_zoo
 from ge_detectron.config import get_ge_cfg
+from ge_detectron.detection.lazy import load_lazy_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,6 +36,7 @@ def test_get_config_lazy_is_the_lazyconfig_with_its_common_imports():
 
 def test_the_loaders_take_a_name_where_they_take_a_path():
     assert get_ge_cfg("faster_rcnn_ge_r50.yaml").MODEL.GE.EXTENT == 8
+    assert load_lazy_config("faster_rcnn_ge_r50.py", ["train.max_iter=3"]).train.max_iter == 3
 
 
 def test_an_unknown_name_is_one_line_saying_how_to_list_the_names():
