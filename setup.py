@@ -1,7 +1,8 @@
 """ge_detectron: Gather-Excite networks as a detectron2 plugin.
 
 Install into an environment that has torch, torchvision and detectron2:
-    pip install --no-build-isolation -e .
+    pip install --no-build-isolation -e .      (a checkout: configs are read from configs/)
+    pip wheel --no-build-isolation .           (a wheel: configs copied into ge_detectron/model_zoo/configs)
 This builds the C++ CPU kernels of the fused excite operator (ge_detectron/csrc; a C++ compiler is all
 it needs). The operator's CUDA kernels are Triton kernels (ge_detectron/ops), compiled at run time by the
 triton that CUDA builds of torch install: nothing CUDA is built here.
@@ -10,11 +11,25 @@ extension, and the operator runs on the CPU in PyTorch ops.
 """
 import glob
 import os
+import shutil
 import sys
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 CSRC = os.path.join("ge_detectron", "csrc")
+MIN_TORCH = "2.6"  # the oldest torch the package supports: ge_detectron/version.py's MIN_TORCH
+
+
+class BuildPyWithConfigs(build_py):
+    """build_py that also copies the top-level configs/ (the source of truth) into the built package as
+    ge_detectron/model_zoo/configs, as detectron2 ships its model zoo's configs."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "ge_detectron", "model_zoo", "configs")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree("configs", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def get_extensions():
@@ -28,8 +43,9 @@ def get_extensions():
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
         print("ge_detectron: torch is not importable in the build environment, so the C++ CPU kernels of the "
-              "fused excite operator are not built (the operator then runs in PyTorch ops on the CPU). Install "
-              "with `pip install --no-build-isolation -e .` to build them.", file=sys.stderr)
+              "fused excite operator are not built (the operator then runs in PyTorch ops on the CPU). Build "
+              "with `pip install --no-build-isolation .` (or `pip wheel --no-build-isolation .`) to include them.",
+              file=sys.stderr)
         return [], {}
 
     cxx_flags, link_flags = ["-O3"], []
@@ -55,6 +71,7 @@ def _has_ninja():
 
 
 ext_modules, cmdclass = get_extensions()
+cmdclass["build_py"] = BuildPyWithConfigs
 
 setup(
     name="ge_detectron",
@@ -67,9 +84,9 @@ setup(
     package_data={"ge_detectron": ["csrc/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    # torch, torchvision and detectron2 are expected in the environment (see README: detectron2 is
-    # not on PyPI under its own name); these are the light runtime dependencies.
-    install_requires=["fvcore", "pycocotools", "faster-coco-eval", "opencv-python-headless", "tabulate", "matplotlib",
+    # detectron2 is expected in the environment (see README: it is not on PyPI under its own name); torch
+    # is named with its supported range (README, "Versions") and not installed by the Makefile's route.
+    install_requires=[f"torch>={MIN_TORCH}", "fvcore", "pycocotools", "faster-coco-eval", "opencv-python-headless", "tabulate", "matplotlib",
                       "protobuf"],
     extras_require={"test": ["pytest", "hypothesis"], "export": ["onnx", "onnxruntime", "onnxscript"]},
 )

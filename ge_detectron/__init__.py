@@ -6,7 +6,11 @@ Importing the package applies the compatibility fixes the installed detectron2 n
 and the C4 ROI head (``GERes5ROIHeads``) in detectron2's registries. ``make_ge_resnet_stages`` and
 ``make_ge_stage`` build the same from plain arguments (LazyConfigs).
 """
-from . import compat
+from .version import check_torch_version
+
+check_torch_version()  # before anything that needs a newer torch: one line naming the minimum
+
+from . import compat  # noqa: E402
 
 compat.apply()
 
@@ -23,5 +27,4 @@ from .modeling import (  # noqa: E402
     make_ge_stage,
 )
 from .modeling import GEClassifier, build_ge_classifier  # noqa: E402
-
-__version__ = "0.1.0"
+from .version import MIN_TORCH, __version__  # noqa: E402

@@ -7,6 +7,7 @@ import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .config_files import resolve_config_file
 from .layers import check_gather_excite_args, check_ge_init, check_ge_resnet_args, check_stem_args
 
 
@@ -166,7 +167,9 @@ def ge_classifier_args(cfg):
 
 def config_file_not_found(path):
     """The GEConfigError of a config file (YAML, its ``_BASE_``, or a LazyConfig) that does not exist."""
-    return GEConfigError(f"config file not found: {path!r}.")
+    return GEConfigError(f"config file not found: {path!r} (neither a file nor a model-zoo name; "
+                         "`python -c 'from ge_detectron import model_zoo; print(model_zoo.list_configs())'` lists "
+                         "the names).")
 
 
 def merge_cfg(cfg, config_file=None, opts=()):
@@ -175,7 +178,7 @@ def merge_cfg(cfg, config_file=None, opts=()):
     would fall back to ``yaml.unsafe_load``, which runs the Python a ``!!python/...`` tag names."""
     try:
         if config_file:
-            cfg.merge_from_file(config_file, allow_unsafe=False)
+            cfg.merge_from_file(resolve_config_file(config_file), allow_unsafe=False)
         cfg.merge_from_list(list(opts))
     except FileNotFoundError as e:
         raise config_file_not_found(e.filename or config_file) from None

@@ -16,7 +16,8 @@ TOOLS = os.path.join(REPO, "tools")
 # docs/design.md's map, lowest first; a module belongs to the layer of the longest prefix its path (relative to
 # ge_detectron/, without ".py") equals or lies under. "_C" is the compiled extension (csrc/).
 LAYERS = [
-    ("base", ["atomic", "compat", "coco_eval", "evaluation", "launch", "benchmark", "safe_load"]),
+    ("base", ["atomic", "compat", "coco_eval", "evaluation", "launch", "benchmark", "safe_load", "config_files",
+              "version"]),
     ("ops", ["ops", "_C"]),
     ("layers", ["layers"]),
     ("config", ["config"]),
@@ -25,8 +26,8 @@ LAYERS = [
     ("data", ["data"]),
     ("engine", ["engine"]),
     ("flows", ["detection", "pretrain"]),
-    ("applications", ["export", "analysis", "fused_gradients"]),
-    ("command-line flows", ["cli"]),
+    ("applications", ["export", "analysis", "fused_gradients", "model_zoo"]),
+    ("command-line flows", ["cli", "collect_env"]),
     ("public API", ["__init__"]),
 ]
 

@@ -211,4 +211,6 @@ def test_lazy_tool_missing_config_is_one_line_on_stderr(tmp_path):
                              str(tmp_path / "nope.py"), "train.max_iter=1"], cwd=REPO, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"error: config file not found: {str(tmp_path / 'nope.py')!r}."
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: config file not found: {str(tmp_path / 'nope.py')!r} (neither a file nor a model-zoo name; "
+        "`python -c 'from ge_detectron import model_zoo; print(model_zoo.list_configs())'` lists the names).")

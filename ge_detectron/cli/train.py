@@ -15,6 +15,7 @@ from detectron2.utils.logger import setup_logger
 
 from .. import compat
 from ..checkpoint import GECheckpointer
+from ..config_files import resolve_config_file
 from ..detection import DetectionTrainer
 from ..detection.lazy import LazyTrainer
 from ..engine.faults import keep_fault_tracebacks_off_the_console, stop_on_full_disk_in_log_files, train_or_exit
@@ -54,6 +55,7 @@ def run_training_tool(trainer_class, argv=None):
     """The whole flow of a training tool whose trainer is ``trainer_class`` (a GETrainer)."""
     adapter = trainer_class.task_adapter
     args = adapter.add_arguments(default_argument_parser()).parse_args(argv)
+    args.config_file = resolve_config_file(args.config_file)  # a model-zoo name: the path default_setup copies
     with exit_on_check_error():  # fail fast, with a message instead of a traceback, before any worker starts
         config = adapter.from_args(args)
         config.check(args.eval_only)

@@ -21,6 +21,7 @@ from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
 from ..config import DIST_TIMEOUT, GEConfigError, config_file_not_found
+from ..config_files import resolve_config_file
 from ..engine import GETrainer, TaskAdapter
 from .task_mixin import DetectionTaskMixin
 
@@ -36,6 +37,7 @@ def load_lazy_config(path, overrides=()):
     """``LazyConfig.load(path)`` with ``key=value`` overrides applied. A missing or broken file, a malformed
     override, or an override of a key the config does not have (a typo would otherwise add a key nobody
     reads; write ``+key=value`` to add one on purpose) raises GEConfigError naming it."""
+    path = resolve_config_file(path)
     if not os.path.isfile(path):
         raise config_file_not_found(path)
     try:

@@ -96,7 +96,8 @@ def implementation(op, t):
 
 
 def _define(name, schema):
-    """Define operator ge_detectron::`name` with the decorated function as its body and fake kernel."""
+    """Define operator ge_detectron::`name` with the decorated function as its body and fake kernel. The
+    bodies carry type annotations too: torch 2.6's triton_op ignores ``schema=`` and infers the schema from them."""
     def define(fn):
         make = torch.library.triton_op if excite_triton is not None else torch.library.custom_op
         op = make(f"ge_detectron::{name}", fn, mutates_args=(), schema=schema)
@@ -121,23 +122,24 @@ def _backward(op, grad_out, x, g, out=None):
 
 
 @_define("excite", "(Tensor x, Tensor g) -> Tensor")
-def _excite(x, g):
+def _excite(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return _forward("ge_detectron::excite", x, g)
 
 
 @_define("excite_residual", "(Tensor x, Tensor g, Tensor shortcut) -> Tensor")
-def _excite_residual(x, g, shortcut):
+def _excite_residual(x: torch.Tensor, g: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
     return _forward("ge_detectron::excite_residual", x, g, shortcut)
 
 
 @_define("excite_backward", "(Tensor grad_out, Tensor x, Tensor g) -> (Tensor grad_x, Tensor grad_g)")
-def _excite_backward(grad_out, x, g):
+def _excite_backward(grad_out: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _backward("ge_detectron::excite_backward", grad_out, x, g)[:2]
 
 
 @_define("excite_residual_backward", "(Tensor grad_out, Tensor out, Tensor x, Tensor g)"
                                      " -> (Tensor grad_x, Tensor grad_g, Tensor grad_shortcut)")
-def _excite_residual_backward(grad_out, out, x, g):
+def _excite_residual_backward(grad_out: torch.Tensor, out: torch.Tensor, x: torch.Tensor, g: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward("ge_detectron::excite_residual_backward", grad_out, x, g, out)
 
 
