@@ -4,24 +4,24 @@ detectron2's own report (``detectron2.utils.collect_env``: Python, torch with it
 triton, detectron2's version, location and C++/CUDA ops, the GPUs), printed after ``import ge_detectron`` has
 applied its compatibility fixes (detectron2 0.6 needs them to import), then ge_detectron's version and
 location, what the fused excite operator runs per device, and the fixes applied. ``--self-test`` also runs
-the operator on a small input on each available device and compares it with x * sigmoid(nearest-up(g))
-computed here in float64 (and relu(... + shortcut)); the exit status is 1 if any device fails."""
+the operator's self-check (``ops.self_check``: every kernel, forward and backward, on small inputs against
+the float64 definition) on each available device, float32 in NCHW and channels_last (and float16 /
+bfloat16 on CUDA); the exit status is 1 if any fails."""
 import argparse
 import importlib.metadata
 import os
 import sys
 
 import torch
-import torch.nn.functional as F
 from detectron2.utils.collect_env import collect_env_info
 
 from . import compat
-from .ops import excite, excite_residual, native_kernels, unavailable_reason
+from .ops import native_kernels, self_check, unavailable_reason
 from .version import __version__
 
 __all__ = ["ge_detectron_info", "self_test", "main"]
 
-_TOLERANCE = 1e-5  # float32 results against the float64 reference
+DTYPES = {"cpu": (torch.float32,), "cuda": (torch.float32, torch.float16, torch.bfloat16)}
 
 
 def devices():
@@ -48,24 +48,14 @@ def _version_of(distribution):
         return "not installed"
 
 
-def _reference(x, g, shortcut=None):
-    up = F.interpolate(g.double(), size=x.shape[-2:], mode="nearest")
-    out = x.double() * torch.sigmoid(up)
-    return out if shortcut is None else torch.relu(out + shortcut.double())
-
-
 def self_test(device):
-    """(passed, line) for the forward operators on ``device`` on a small seeded float32 input."""
-    generator = torch.Generator().manual_seed(0)
-    x, g, shortcut = (torch.randn(shape, generator=generator).to(device)
-                      for shape in ((2, 3, 8, 6), (2, 3, 2, 3), (2, 3, 8, 6)))
-    errors = {"excite": (excite(x, g).double() - _reference(x, g)).abs().max().item(),
-              "excite_residual": (excite_residual(x, g, shortcut).double()
-                                  - _reference(x, g, shortcut)).abs().max().item()}
-    passed = all(error <= _TOLERANCE for error in errors.values())
-    detail = ", ".join(f"{name} max |error| {error:.2e}" for name, error in errors.items())
+    """(passed, line) of the operator's self-check on ``device``, per dtype and memory format."""
+    results = [self_check(device, dtype, channels_last) for dtype in DTYPES[device] for channels_last in (False, True)]
+    passed = all(r.ok for r in results)
     runs_on = native_kernels(device) or "PyTorch ops"
-    return passed, f"self-test, {device:<8}    {'pass' if passed else 'FAIL'} ({runs_on}; {detail}; tolerance {_TOLERANCE:g})"
+    detail = "; ".join(r.describe() for r in results if not r.ok) or \
+        f"{sum(r.cases for r in results)} cases in {sum(r.ms for r in results):.0f} ms"
+    return passed, f"self-test, {device:<8}    {'pass' if passed else 'FAIL'} ({runs_on}; {detail})"
 
 
 def main(argv=None):
