@@ -53,3 +53,26 @@ def test_benchmark_model_tiny(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(path.read_text())["results"]
     assert [r["model"] for r in rows][0] == "R50" and all(r["train_step_ms"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_ge_study_collect_summarizes_the_finished_runs(tmp_path):
+    """``ge_study.py --collect`` over a study of which 8 of 9 classification runs finished: mean and sample
+    standard deviation per arm (hand-computed), the raw values by seed, "complete" false, the machine and
+    versions recorded; nothing trains."""
+    top1 = {"none": [60.0, 64.0, 68.0], "theta": [50.0, 52.0, 54.0], "theta_minus": [40.0, 44.0]}
+    for arm, values in top1.items():
+        for seed, value in enumerate(values):
+            folder = tmp_path / "cls" / arm / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "study_result.json").write_text(json.dumps({"top1": value}))
+    result = run_tool("ge_study.py", "--output", str(tmp_path), "--parts", "cls", "--collect")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["complete"] is False
+    summary = {arm: stages["end"]["top1"] for arm, stages in data["results"]["cls"].items()}
+    assert summary["none"] == {"seeds": [0, 1, 2], "values": [60.0, 64.0, 68.0], "mean": 64.0, "std": 4.0}
+    assert (summary["theta"]["mean"], summary["theta"]["std"]) == (52.0, 2.0)
+    assert summary["theta_minus"]["seeds"] == [0, 1]
+    assert summary["theta_minus"]["std"] == pytest.approx(8 ** 0.5)  # sqrt((2**2 + 2**2) / (2 - 1))
+    assert {"date", "cpu", "torch", "detectron2", "python"} <= set(data["environment"])

@@ -29,6 +29,7 @@ the runs that finished).
 import argparse
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -36,6 +37,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+import detectron2
+import torch
+
+from ge_detectron.benchmark import cpu_name
 from ge_detectron.data import prepare_datasets
 from ge_detectron.data.classification import prepare_image_folders
 from ge_detectron.pretrain.config import get_pretrain_cfg
@@ -229,10 +234,16 @@ def main(argv=None):
 
 
 def write_results(args, results, complete):
-    """OUTPUT/results.json: the arguments, whether every planned run is in, and the summary."""
+    """OUTPUT/results.json: the arguments, the machine and versions, whether every planned run is in, and the
+    summary."""
+    environment = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
+                   "cores": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                   "python": platform.python_version(), "torch": torch.__version__,
+                   "detectron2": detectron2.__version__}
     with open(os.path.join(args.output, "results.json"), "w") as f:
-        json.dump({"command": " ".join(sys.argv), "args": vars(args), "complete": complete,
-                   "results": summarize(results)}, f, indent=1)
+        json.dump({"command": " ".join(sys.argv), "args": vars(args), "environment": environment,
+                   "complete": complete, "results": summarize(results)}, f, indent=1)
+
 
 if __name__ == "__main__":
     main()
