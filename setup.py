@@ -18,7 +18,7 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 CSRC = os.path.join("ge_detectron", "csrc")
-MIN_TORCH = "2.6"  # the oldest torch the package supports: ge_detectron/version.py's MIN_TORCH
+MIN_TORCH = "2.7"  # the oldest torch the package supports: ge_detectron/version.py's MIN_TORCH
 
 
 class BuildPyWithConfigs(build_py):

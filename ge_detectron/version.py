@@ -4,8 +4,10 @@ import torch
 
 __version__ = "0.1.0"
 # torch 2.5 has no torch.library.triton_op / wrap_triton, which define the fused excite operators
-# (ge_detectron/ops/excite_op.py); torchvision 0.21 is the release paired with torch 2.6.
-MIN_TORCH = (2, 6)
+# (ge_detectron/ops/excite_op.py); under torch 2.6's torch.export the operators' C++ kernels stay in the graph
+# instead of decomposing, so a GE model does not export through torch.export / the dynamo ONNX exporter.
+# torchvision 0.22 is the release paired with torch 2.7.
+MIN_TORCH = (2, 7)
 
 
 def check_torch_version(version=torch.__version__):

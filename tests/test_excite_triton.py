@@ -32,6 +32,21 @@ if DEVICE is None:
     pytest.skip("no GPU, and TRITON_INTERPRET=1 is not set: `make test` runs this module again under Triton's "
                 "interpreter", allow_module_level=True)
 
+
+@triton.jit
+def _probe(x_ptr):
+    pass
+
+
+if INTERPRET:  # torch's wrap_triton accepts the interpreter's kernels from some release after 2.9 (2.14 does)
+    try:
+        torch.library.wrap_triton(_probe)
+    except RuntimeError as e:
+        if os.environ.get("GE_REQUIRE_TRITON") == "1":
+            raise
+        pytest.skip(f"torch {torch.__version__}'s wrap_triton refuses interpreted kernels ({e}): run this module "
+                    "under the interpreter with a later torch (2.14)", allow_module_level=True)
+
 DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
           (torch.float16, torch.float32), (torch.bfloat16, torch.float32)]
 DTYPE_IDS = ["f32", "f16", "bf16", "f16-gf32", "bf16-gf32"]

@@ -12,12 +12,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_a_torch_older_than_the_minimum_is_one_line_naming_it():
     with pytest.raises(ImportError) as info:
-        check_torch_version("2.5.1+cu124")
-    assert str(info.value) == ("ge_detectron needs torch >= 2.6 (with its torchvision), found torch 2.5.1+cu124: "
-                               "install e.g. `pip install 'torch>=2.6' torchvision` (README, Versions).")
+        check_torch_version("2.6.0+cu124")
+    assert str(info.value) == ("ge_detectron needs torch >= 2.7 (with its torchvision), found torch 2.6.0+cu124: "
+                               "install e.g. `pip install 'torch>=2.7' torchvision` (README, Versions).")
 
 
-@pytest.mark.parametrize("version", ["2.6.0", "2.6.0+cpu", "2.10.1", "2.14.1+cu130"])
+@pytest.mark.parametrize("version", ["2.5.1", "2.6.0+cpu"])
+def test_older_releases_are_refused(version):
+    with pytest.raises(ImportError, match=f"needs torch >= 2.7 .* found torch {re.escape(version)}:"):
+        check_torch_version(version)
+
+
+@pytest.mark.parametrize("version", ["2.7.0", "2.7.1+cu126", "2.10.1", "2.14.1+cu130"])
 def test_the_minimum_and_newer_pass(version):
     check_torch_version(version)
 

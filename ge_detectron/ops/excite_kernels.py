@@ -61,12 +61,6 @@ def _nearest_first(src, scale, n_in, n_out):
 
 
 @triton.jit
-def _vec(ptr):
-    """Elements per 16 bytes of ptr's element type."""
-    return 128 // ptr.dtype.element_ty.primitive_bitwidth
-
-
-@triton.jit
 def _sigmoid(logit):
     return 1.0 / (1.0 + tl.exp(-logit.to(tl.float32)))
 
@@ -150,8 +144,9 @@ def _span_chunk(grad_out_ptr, out_ptr, x_ptr, grad_x_ptr, grad_shortcut_ptr, sta
     """Elements [pos, pos + BS) of the bands. FAST: all inside the bands, which start on 16-byte boundaries
     (so that the accesses are unmasked 16-byte vectors)."""
     offsets = starts + (pos + tl.arange(0, BS))[None, :]
-    if FAST:
-        offsets = tl.multiple_of(offsets, [1, _vec(x_ptr)])
+    if FAST:  # VEC is a local constexpr: triton 3.3 (torch 2.7) returns a jit helper's result as a tensor
+        VEC: tl.constexpr = 128 // x_ptr.dtype.element_ty.primitive_bitwidth  # elements per 16 bytes
+        offsets = tl.multiple_of(offsets, [1, VEC])
         mask = plane_ok
     else:
         mask = plane_ok & ((pos + tl.arange(0, BS)) < length)[None, :]
@@ -178,7 +173,9 @@ def excite_backward_span_kernel(grad_out_ptr, out_ptr, x_ptr, g_ptr, grad_x_ptr,
     length = (_nearest_first(i + 1, scale_h, h, H) - y0) * W
     starts = (plane.to(tl.int64) * HW + y0 * W)[:, None]
     acc = tl.zeros([PB, BS], dtype=tl.float32)
-    fast = length // BS * BS if aligned != 0 else 0  # the chunks of the fast path
+    # the chunks of the fast path; tl.where, since the conditional expression `a if c else 0` fails to compile
+    # here with triton 3.5 (torch 2.9): an assertion in its TritonGPUCoalesce pass
+    fast = tl.where(aligned != 0, length // BS * BS, 0)
     for pos in range(0, fast, BS):
         acc = _span_chunk(grad_out_ptr, out_ptr, x_ptr, grad_x_ptr, grad_shortcut_ptr, starts, plane_ok, pos, length,
                           gate, acc, has_out, BS, True)
@@ -205,7 +202,8 @@ def _band_chunk(grad_out_ptr, out_ptr, x_ptr, grad_x_ptr, grad_shortcut_ptr, sta
         row_starts = starts + (rows * W)[None, :, None]
         mask = plane_ok & (rows < y1)[None, :, None]
         if FAST:
-            row_starts = tl.multiple_of(row_starts, [_vec(x_ptr), _vec(x_ptr), _vec(x_ptr)])
+            VEC: tl.constexpr = 128 // x_ptr.dtype.element_ty.primitive_bitwidth  # elements per 16 bytes
+            row_starts = tl.multiple_of(row_starts, [VEC, VEC, VEC])
         else:
             mask = mask & (col < W)[None, None, :]
         acc = _backward_tile(grad_out_ptr, out_ptr, x_ptr, grad_x_ptr, grad_shortcut_ptr,
@@ -279,7 +277,8 @@ def _cell_pixels(grad_out_ptr, out_ptr, x_ptr, grad_x_ptr, grad_shortcut_ptr, n,
         pixel_starts = (((n * H + ya + r) * W + x0 + p - r * cw).to(tl.int64) * C)[:, None]
         mask = (p < pixels)[:, None]
         if FAST:
-            pixel_starts = tl.multiple_of(pixel_starts, [_vec(x_ptr), _vec(x_ptr)])
+            VEC: tl.constexpr = 128 // x_ptr.dtype.element_ty.primitive_bitwidth  # elements per 16 bytes
+            pixel_starts = tl.multiple_of(pixel_starts, [VEC, VEC])
         else:
             mask = mask & (c < C)[None, :]
         acc = _backward_tile(grad_out_ptr, out_ptr, x_ptr, grad_x_ptr, grad_shortcut_ptr, pixel_starts + c[None, :],

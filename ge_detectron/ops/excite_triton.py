@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
+from triton.runtime.jit import type_canonicalisation_dict
 
 from . import excite_kernels as kernels
 from .excite_inputs import (backward_dtypes, check_backward, check_forward, empty_like, forward_dtypes,
@@ -255,7 +256,13 @@ def specializations():
 
 def _signature(kernel, x_type, g_type):
     """Triton signature of `kernel`: g and grad_g in g's type, the partial sums float32, the other pointers in
-    x's type, scalars and constexprs by their annotations."""
+    x's type, scalars and constexprs by their annotations, in Triton's short form ("i32", "fp32"): the triton of
+    torch 2.7 (3.3) writes a ``tl.int32`` annotation as "triton.language.int32", later ones as "i32"."""
     pointers = {"g_ptr": g_type, "grad_g_ptr": g_type, "partial_ptr": "fp32"}
-    return {p.name: "*" + pointers.get(p.name, x_type) if p.name.endswith("_ptr") else p.annotation
+    return {p.name: "*" + pointers.get(p.name, x_type) if p.name.endswith("_ptr") else _short_type(p.annotation)
             for p in kernel.params}
+
+
+def _short_type(annotation):
+    name = annotation.removeprefix("triton.language.")
+    return type_canonicalisation_dict.get(name, name)
