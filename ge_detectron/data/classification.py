@@ -23,7 +23,7 @@ from torch.utils.data import default_collate
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from .sanitize import UNREADABLE_IMAGE_ERRORS
+from .sanitize import UNREADABLE_IMAGE_ERRORS, skipped_image_message
 from . import shape_classes
 from .datasets import DatasetMissingError, InvalidDatasetError, NumClassesMismatchError, datasets_root
 from .resumable import ResumableLoader, ResumableTrainingSampler
@@ -138,8 +138,7 @@ class ReadableImageFolder(datasets.ImageFolder):
                 image = self.loader(path)
             except UNREADABLE_IMAGE_ERRORS as e:
                 self.skipped += 1
-                logger.warning(f"Skipped unreadable image {path!r} ({type(e).__name__}: {e}); {self.skipped} "
-                               "skipped so far in this data loader worker.")
+                logger.warning(skipped_image_message(path, f"{type(e).__name__}: {e}", self.skipped, per_worker=True))
                 if not self.replace:
                     return None
                 index = random.randrange(len(self.samples))
@@ -166,7 +165,7 @@ class ImagesWithinPixelLimit:
                 return True
         except Image.DecompressionBombError as e:
             self.skipped += 1
-            logger.warning(f"Skipped unreadable image {path!r} ({type(e).__name__}: {e}); {self.skipped} skipped so far.")
+            logger.warning(skipped_image_message(path, f"{type(e).__name__}: {e}", self.skipped))
             return False
         except UNREADABLE_IMAGE_ERRORS:
             return True

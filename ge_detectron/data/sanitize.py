@@ -27,6 +27,12 @@ UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.Decompression
 SKIPPED_IMAGE = "skipped_image"
 
 
+def skipped_image_message(path, reason, count, per_worker=False):
+    """The line that reports an unreadable image left out, with the running count (``count``) of them."""
+    where = " in this data loader worker" if per_worker else ""
+    return f"Skipped unreadable image {path!r} ({reason}); {count} skipped so far{where}."
+
+
 def _box_is_usable(annotation, width, height):
     x0, y0, x1, y1 = BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"], BoxMode.XYXY_ABS)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
@@ -100,8 +106,8 @@ class SkipUnreadableImages:
             if not _raised_reading_an_image(e):
                 raise
             self.skipped += 1
-            logger.warning(f"Skipped unreadable image {dataset_dict.get('file_name')!r} ({type(e).__name__}: {e}); "
-                           f"{self.skipped} skipped so far in this data loader worker.")
+            logger.warning(skipped_image_message(dataset_dict.get("file_name"), f"{type(e).__name__}: {e}",
+                                                 self.skipped, per_worker=True))
             return {SKIPPED_IMAGE: dataset_dict.get("file_name")} if self.mark else None
 
 

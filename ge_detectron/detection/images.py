@@ -18,7 +18,7 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
-from ..data.sanitize import UNREADABLE_IMAGE_ERRORS
+from ..data.sanitize import UNREADABLE_IMAGE_ERRORS, skipped_image_message
 
 __all__ = ["IMAGE_EXTENSIONS", "PredictError", "ImageOverPixelLimit", "list_inputs", "read_input", "model_input", "draw_detections",
            "write_predictions"]
@@ -110,7 +110,7 @@ def write_predictions(predictor, files, output_dir, score_threshold=0.5, json_pa
             image = read_input(path, predictor.image_format)
         except ImageOverPixelLimit as e:
             skipped += 1
-            log(f"Skipped unreadable image {path!r} ({e.reason}); {skipped} skipped so far.")
+            log(skipped_image_message(path, e.reason, skipped))
             continue
         instances = predictor(image)
         picture = draw_detections(image, predictor.image_format, predictor.metadata, instances, score_threshold)
